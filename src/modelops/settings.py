@@ -1,0 +1,116 @@
+"""Settings for every process, read from the environment. The ONLY module that reads environment variables.
+
+Each process builds its settings once at start-up and passes them down explicitly.
+Field names carry their unit (`_s`, `_ms`, `_bytes`, `_rows`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+DEFAULT_MODEL_NAME = "ModelOpsStudioModel"
+DEFAULT_ALIAS = "champion"
+
+# The MLflow client retries a refused connection 7 times with exponential backoff by default
+# (minutes). Our processes have their own retry loops, so the client should fail fast.
+MLFLOW_CLIENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Keep stdout for our own output (`--output json` must be one object).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def apply_mlflow_client_defaults() -> None:
+    """Set fail-fast defaults for the MLflow HTTP client unless the user set them."""
+    for key, value in MLFLOW_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELOPS_", extra="ignore", populate_by_name=True)
+
+
+class RegistrySettings(_Base):
+    """Which MLflow server, registered model and alias a process works with."""
+
+    tracking_uri: str = Field(
+        default=DEFAULT_TRACKING_URI,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri"),
+        description="MLflow tracking server URI (env MLFLOW_TRACKING_URI).",
+    )
+    model_name: str = Field(default=DEFAULT_MODEL_NAME, description="Registered model name.")
+    model_alias: str = Field(
+        default=DEFAULT_ALIAS, description="Registry alias that marks the served version."
+    )
+
+
+class TrainerSettings(RegistrySettings):
+    """Defaults for `modelops train`; every one can be overridden by a flag."""
+
+    experiment: str = Field(default="modelops", description="MLflow experiment the runs go to.")
+    wait_s: float = Field(default=120.0, ge=0, description="How long to wait for MLflow to become reachable.")
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_S3_ENDPOINT_URL", "s3_endpoint_url"),
+        description="S3 endpoint for s3:// data (env MLFLOW_S3_ENDPOINT_URL); AWS default when unset.",
+    )
+    git_commit: str | None = Field(
+        default=None, description="Source commit to tag runs with (set by the image)."
+    )
+
+
+class ServerSettings(RegistrySettings):
+    """The model server (`modelops serve`)."""
+
+    poll_interval_s: float = Field(default=10.0, gt=0, description="How often to check the alias.")
+    poll_backoff_max_s: float = Field(
+        default=60.0, gt=0, description="Upper bound of the retry delay while MLflow is unreachable."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /deploy and /rollback; admin API disabled when unset."
+    )
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_request_rows: int = Field(default=10_000, gt=0, description="Most rows one request may carry.")
+    max_batch_rows: int = Field(
+        default=256, gt=0, description="Most rows the micro-batcher puts into one predict call."
+    )
+    max_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Longest a request waits for concurrent ones to share its predict call.",
+    )
+    inline_predict_max_rows: int = Field(
+        default=64,
+        ge=0,
+        description="Batches up to this size are predicted on the event loop; larger ones in a thread.",
+    )
+    model_dir: Path | None = Field(
+        default=None, description="Where model artifacts are downloaded; a temp folder when unset."
+    )
+    log_level: str = Field(default="info", description="Log level of the server.")
+
+
+class StackSettings(_Base):
+    """The local platform (`modelops up`)."""
+
+    home: Path = Field(default=Path(".modelops"), description="Where the local platform keeps its state.")
+    startup_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest a component may take to be healthy."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_S3_ENDPOINT_URL", "s3_endpoint_url"),
+        description="S3 endpoint for an s3:// artifact destination (env MLFLOW_S3_ENDPOINT_URL).",
+    )
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """The folder prometheus_client shares between worker processes, if set."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")

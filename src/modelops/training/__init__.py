@@ -1,0 +1,1 @@
+"""Training: datasets, fitting and evaluation (pure), publishing to MLflow (log, register, promote)."""

@@ -1,0 +1,248 @@
+"""Publish a trained model: log the run, register a version, decide the alias."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelops import __version__
+from modelops.errors import InvalidInput
+from modelops.registry import MODEL_ARTIFACT_PATH, Registry
+from modelops.training.data import BUILTIN, Dataset, load_dataset
+from modelops.training.train import (
+    LOWER_IS_BETTER,
+    TrainResult,
+    fit_and_evaluate,
+    is_better,
+    parse_params,
+    reference_stats,
+)
+
+log = logging.getLogger(__name__)
+
+PROMOTE_MODES = ("auto", "always", "never")
+# Models are saved with skops (no arbitrary pickle code on load). Types skops does not trust by default
+# but our own algorithms need; we trust them because the trainer built the model itself.
+TRUSTED_TYPES: dict[str, tuple[str, ...]] = {
+    "random_forest": ("sklearn.tree._tree.Tree",),
+    "gradient_boosting": ("sklearn.tree._tree.Tree",),
+}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything one `modelops train` run needs."""
+
+    tracking_uri: str
+    model_name: str
+    experiment: str
+    alias: str
+    algorithm: str = "logreg"
+    params: list[str] = field(default_factory=list)
+    data: str | None = None
+    target: str = "target"
+    test_size: float = 0.2
+    seed: int = 42
+    promote: str = "auto"
+    metric: str = "roc_auc"
+    wait_s: float = 120.0
+    s3_endpoint_url: str | None = None
+    git_commit: str | None = None
+
+
+@dataclass
+class TrainOutcome:
+    """What a run did; `to_dict` is the documented `--output json` object."""
+
+    run_id: str
+    model_name: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    champion_version: str | None
+    timings_s: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model_name": self.model_name,
+            "version": self.version,
+            "alias": self.alias,
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "champion_version": self.champion_version,
+            "timings_s": self.timings_s,
+        }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit requirements: letting MLflow infer them costs seconds per run.
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow-skinny", "scikit-learn", "numpy", "pandas", "skops")]
+
+
+def decide(
+    promote: str,
+    metric: str,
+    new_metrics: dict[str, float],
+    champion: Any,
+    champion_metrics: dict[str, float],
+) -> tuple[bool, str]:
+    """The alias decision as (promote?, reason)."""
+    if promote == "always":
+        return True, "--promote always"
+    if promote == "never":
+        return False, "--promote never"
+    if champion is None:
+        return True, "no version held the alias yet"
+    if metric not in champion_metrics:
+        return True, f"champion v{champion.version} has no {metric} metric"
+    new, old = new_metrics[metric], champion_metrics[metric]
+    direction = "<=" if metric in LOWER_IS_BETTER else ">="
+    if is_better(new, old, metric):
+        return True, f"{metric} {new:.4f} {direction} champion v{champion.version}'s {old:.4f}"
+    return False, f"{metric} {new:.4f} is worse than champion v{champion.version}'s {old:.4f}"
+
+
+def _log_run(result: TrainResult, dataset: Dataset, options: TrainOptions) -> tuple[str, str]:
+    """Log params, metrics, artifacts and the model, registering a version. Returns (run_id, version)."""
+    import mlflow
+    import mlflow.data.pandas_dataset
+    from mlflow.models import infer_signature
+
+    mlflow.set_experiment(options.experiment)
+    example = result.x_train.head(5)
+    signature = infer_signature(example, result.model.predict_proba(example.to_numpy()))
+    params = {
+        "algorithm": result.algorithm,
+        **{f"hp.{k}": v for k, v in result.params.items()},
+        "data_source": dataset.source,
+        "data_digest": dataset.digest,
+        "n_rows": dataset.n_rows,
+        "n_features": dataset.n_features,
+        "test_size": options.test_size,
+        "seed": options.seed,
+        "target": options.target,
+    }
+    model_params = (
+        result.model.get_params(deep=False)
+        if result.algorithm != "logreg"
+        else (result.model.named_steps["clf"].get_params(deep=False))
+    )
+    params.update({f"hp.{k}": v for k, v in model_params.items() if k not in result.params})
+    tags = {"modelops.version": __version__}
+    commit = options.git_commit or _git_commit()
+    if commit:
+        tags["modelops.git_commit"] = commit
+    with warnings.catch_warnings(), mlflow.start_run(tags=tags) as run:
+        # MLflow's schema hints and sklearn's feature-name notices are noise for a CLI user.
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_params(params)
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_dict(reference_stats(result.x_train), "reference_stats.json")
+        frame = dataset.features.assign(**{options.target: dataset.target.to_numpy()})
+        # For the built-in set MLflow records the code that loaded it as the source.
+        source = {} if dataset.source == BUILTIN else {"source": dataset.source}
+        mlflow.log_input(
+            mlflow.data.pandas_dataset.from_pandas(
+                frame, name=dataset.name, targets=options.target, **source
+            ),
+            context="training",
+        )
+        info = mlflow.sklearn.log_model(
+            result.model,
+            name=MODEL_ARTIFACT_PATH,
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            registered_model_name=options.model_name,
+            skops_trusted_types=list(TRUSTED_TYPES.get(result.algorithm, ())),
+        )
+    return run.info.run_id, str(info.registered_model_version)
+
+
+def run_training(options: TrainOptions) -> TrainOutcome:
+    """Validate, fit, log, register and decide the alias. Input errors surface before anything is logged."""
+    import mlflow
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    if options.promote not in PROMOTE_MODES:
+        raise InvalidInput(f"--promote must be one of {', '.join(PROMOTE_MODES)}", field="promote")
+    params = parse_params(options.params)
+    dataset = load_dataset(options.data, options.target, options.s3_endpoint_url)
+    lap("load_data")
+    result = fit_and_evaluate(dataset, options.algorithm, params, options.test_size, options.seed)
+    if options.metric not in result.metrics:
+        raise InvalidInput(
+            f"unknown metric {options.metric!r}; choose one of: {', '.join(sorted(result.metrics))}",
+            field="metric",
+        )
+    lap("fit_evaluate")
+
+    from modelops.settings import RegistrySettings
+
+    registry = Registry(
+        RegistrySettings(
+            tracking_uri=options.tracking_uri, model_name=options.model_name, model_alias=options.alias
+        )
+    )
+    registry.wait_until_reachable(options.wait_s)
+    mlflow.set_tracking_uri(options.tracking_uri)
+    mlflow.set_registry_uri(options.tracking_uri)
+    lap("connect")
+    run_id, version = _log_run(result, dataset, options)
+    lap("log_register")
+
+    champion = registry.alias_version()
+    champion_metrics = registry.run_metrics(champion.run_id) if champion else {}
+    promoted, reason = decide(options.promote, options.metric, result.metrics, champion, champion_metrics)
+    if promoted:
+        registry.move_alias(version)
+    registry.set_version_tags(
+        version, {"modelops.promoted": str(promoted).lower(), "modelops.promotion_reason": reason}
+    )
+    after = registry.alias_version()
+    lap("promote")
+    return TrainOutcome(
+        run_id=run_id,
+        model_name=options.model_name,
+        version=version,
+        alias=options.alias,
+        promoted=promoted,
+        reason=reason,
+        metrics=result.metrics,
+        champion_version=after.version if after else None,
+        timings_s=timings,
+    )

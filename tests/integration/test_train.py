@@ -1,0 +1,296 @@
+"""`modelops train` against a real MLflow tracking server (and moto as the S3 endpoint)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from modelops.cli import main
+from tests.support import Service, free_port, mlflow_server, modelops, moto_server
+
+
+def train(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict | None, str]:
+    """Run `modelops train` in-process; returns (exit code, parsed JSON or None, stderr)."""
+    code = main(["train", *args, "--output", "json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_builtin_run_registers_and_promotes_then_auto_keeps_better_champion(
+    mlflow: Service, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = mlflow.uri  # type: ignore[attr-defined]
+    code, first, err = train(capsys, "--tracking-uri", uri, "--model-name", model_name)
+    assert code == 0, err
+    assert first is not None
+    assert first["version"] == "1" and first["promoted"] is True
+    assert first["champion_version"] == "1"
+    assert set(first["metrics"]) >= {
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "log_loss",
+        "fit_time_s",
+    }
+    assert 0.9 < first["metrics"]["roc_auc"] <= 1.0
+
+    client = MlflowClient(uri)
+    run = client.get_run(first["run_id"])
+    assert run.data.params["algorithm"] == "logreg"
+    assert run.data.params["n_rows"] == "569" and run.data.params["n_features"] == "30"
+    assert {"data_digest", "data_source", "test_size", "seed", "hp.C"} <= set(run.data.params)
+    assert run.data.tags["modelops.version"]
+    assert len(run.inputs.dataset_inputs) == 1
+    stats = json.loads(Path(client.download_artifacts(first["run_id"], "reference_stats.json")).read_text())
+    assert stats["features"]["mean radius"]["count"] == stats["n_rows"]
+    assert set(stats["features"]["mean radius"]) >= {"mean", "std", "min", "max", "quantiles"}
+    version = client.get_model_version(model_name, "1")
+    assert version.tags["modelops.promoted"] == "true"
+
+    import mlflow as mlflow_lib
+
+    mlflow_lib.set_tracking_uri(uri)
+    model_info = mlflow_lib.models.get_model_info(f"models:/{model_name}/1")
+    assert model_info.signature.inputs.input_names()[0] == "mean radius"
+    assert len(model_info.signature.inputs.input_names()) == 30
+
+    # A deliberately worse model: registered, not promoted under auto.
+    worse = ("--algorithm", "random_forest", "--param", "n_estimators=2", "--param", "max_depth=1")
+    code, second, err = train(capsys, "--tracking-uri", uri, "--model-name", model_name, *worse)
+    assert code == 0, err
+    assert second is not None
+    assert second["version"] == "2" and second["promoted"] is False
+    assert "worse" in second["reason"] and second["champion_version"] == "1"
+    assert client.get_model_version(model_name, "2").tags["modelops.promoted"] == "false"
+
+    code, third, err = train(
+        capsys, "--tracking-uri", uri, "--model-name", model_name, *worse, "--promote", "never", "--seed", "3"
+    )
+    assert code == 0 and third is not None
+    assert third["promoted"] is False and third["champion_version"] == "1"
+
+    code, fourth, err = train(
+        capsys, "--tracking-uri", uri, "--model-name", model_name, *worse, "--promote", "always"
+    )
+    assert code == 0 and fourth is not None
+    assert fourth["promoted"] is True and fourth["champion_version"] == fourth["version"] == "4"
+    assert client.get_model_version_by_alias(model_name, "champion").version == "4"
+
+
+def test_lower_is_better_metric_is_compared_the_right_way(
+    mlflow: Service, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = mlflow.uri  # type: ignore[attr-defined]
+    assert train(capsys, "--tracking-uri", uri, "--model-name", model_name)[0] == 0
+    code, worse, _ = train(
+        capsys,
+        "--tracking-uri",
+        uri,
+        "--model-name",
+        model_name,
+        "--metric",
+        "log_loss",
+        "--algorithm",
+        "random_forest",
+        "--param",
+        "n_estimators=2",
+        "--param",
+        "max_depth=1",
+    )
+    assert code == 0 and worse is not None
+    assert worse["promoted"] is False, worse["reason"]
+
+
+def test_csv_run(
+    mlflow: Service, model_name: str, csv_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = train(
+        capsys,
+        "--tracking-uri",
+        mlflow.uri,
+        "--model-name",
+        model_name,  # type: ignore[attr-defined]
+        "--data",
+        str(csv_file),
+        "--target",
+        "label",
+    )
+    assert code == 0, err
+    assert out is not None and out["promoted"] is True
+    run = MlflowClient(mlflow.uri).get_run(out["run_id"])  # type: ignore[attr-defined]
+    assert run.data.params["n_features"] == "4"
+    assert run.data.params["data_source"] == str(csv_file)
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_file", "data file not found"),
+        ("missing_target", "target column 'label' not in"),
+        ("non_numeric", "feature column 'b' is not numeric"),
+        ("empty", "is empty"),
+        ("header_only", "has a header but no rows"),
+        ("single_class", "single class"),
+        ("unknown_algorithm", "unknown algorithm 'svm'"),
+        ("unknown_param", "unknown parameter 'depth'"),
+        ("bad_param_value", "'C'"),
+        ("malformed_param", "not of the form key=value"),
+    ],
+)
+def test_bad_input_fails_with_one_line_error_and_registers_nothing(
+    mlflow: Service,
+    model_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    expected: str,
+) -> None:
+    good = "a,b,label\n1,2,0\n2,3,1\n3,4,0\n4,5,1\n5,6,0\n6,7,1\n"
+    csv = {
+        "missing_target": "a,b,y\n1,2,0\n",
+        "non_numeric": "a,b,label\n1,x,0\n2,3,1\n",
+        "empty": "",
+        "header_only": "a,b,label\n",
+        "single_class": "a,b,label\n1,2,1\n2,3,1\n",
+        "unknown_param": good,
+        "bad_param_value": good,
+    }
+    args = {
+        "missing_file": ["--data", str(tmp_path / "nope.csv"), "--target", "label"],
+        "unknown_algorithm": ["--algorithm", "svm"],
+        "unknown_param": ["--param", "depth=3"],
+        "bad_param_value": ["--param", "C=-1"],
+        "malformed_param": ["--param", "C"],
+    }.get(case, [])
+    if case in csv:
+        args += ["--data", _write(tmp_path / "d.csv", csv[case]), "--target", "label"]
+    code = main(["train", "--tracking-uri", mlflow.uri, "--model-name", model_name, *args])  # type: ignore[attr-defined]
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert expected in err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert MlflowClient(mlflow.uri).search_model_versions(f"name = '{model_name}'") == []  # type: ignore[attr-defined]
+
+
+def test_unreachable_mlflow_exits_2_quickly_naming_the_uri(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = modelops("train", "--tracking-uri", uri, "--wait-s", "1")
+    assert result.returncode == 2, result.stderr
+    assert uri in result.stderr and "not reachable" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert time.monotonic() - start < 30
+
+
+def test_json_output_is_one_object_on_stdout(mlflow: Service, model_name: str) -> None:
+    result = modelops(
+        "train",
+        "--tracking-uri",
+        mlflow.uri,
+        "--model-name",
+        model_name,  # type: ignore[attr-defined]
+        "--output",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert {
+        "run_id",
+        "model_name",
+        "version",
+        "alias",
+        "promoted",
+        "reason",
+        "metrics",
+        "champion_version",
+    } <= set(document)
+
+
+def test_text_output_shows_timing_breakdown(mlflow: Service, model_name: str) -> None:
+    result = modelops("train", "--tracking-uri", mlflow.uri, "--model-name", model_name)  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.stderr
+    assert "timing: load_data" in result.stdout and "total" in result.stdout
+    assert "promoted (no version held the alias yet)" in result.stdout
+
+
+@pytest.fixture
+def s3_stack(tmp_path: Path, aws_test_env: None):  # type: ignore[no-untyped-def]
+    moto = moto_server(tmp_path / "moto").start()
+    s3 = boto3.client("s3", endpoint_url=moto.uri)  # type: ignore[attr-defined]
+    s3.create_bucket(Bucket="artifacts")
+    env = {
+        "MLFLOW_S3_ENDPOINT_URL": moto.uri,
+        "AWS_ACCESS_KEY_ID": "testing",  # type: ignore[attr-defined]
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    server = mlflow_server(
+        tmp_path / "mlflow", artifacts_destination="s3://artifacts/mlflow", env=env
+    ).start()
+    yield server, s3, moto
+    server.stop()
+    moto.stop()
+
+
+def test_s3_artifact_store_and_s3_data(
+    s3_stack: tuple[Service, object, Service],
+    model_name: str,
+    csv_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, s3, moto = s3_stack
+    s3.upload_file(str(csv_file), "artifacts", "data/train.csv")  # type: ignore[attr-defined]
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto.uri)  # type: ignore[attr-defined]
+    code, out, err = train(
+        capsys,
+        "--tracking-uri",
+        server.uri,
+        "--model-name",
+        model_name,  # type: ignore[attr-defined]
+        "--data",
+        "s3://artifacts/data/train.csv",
+        "--target",
+        "label",
+    )
+    assert code == 0, err
+    assert out is not None and out["promoted"] is True
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="artifacts", Prefix="mlflow/")["Contents"]]  # type: ignore[attr-defined]
+    assert any(k.endswith("/MLmodel") for k in keys), keys
+    assert any(k.endswith("model.skops") or k.endswith("model.pkl") for k in keys), keys
+    assert any(k.endswith("reference_stats.json") for k in keys), keys
+
+
+def test_s3_data_missing_key_is_a_clear_error(
+    s3_stack: tuple[Service, object, Service],
+    model_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, _, moto = s3_stack
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto.uri)  # type: ignore[attr-defined]
+    code = main(
+        [
+            "train",
+            "--tracking-uri",
+            server.uri,
+            "--model-name",
+            model_name,  # type: ignore[attr-defined]
+            "--data",
+            "s3://artifacts/nope.csv",
+        ]
+    )
+    assert code == 1
+    assert "cannot read s3://artifacts/nope.csv" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""Helpers the test folders share: free ports, real subprocess services, waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=2).status_code == 200
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    """Stop a process started with start_new_session=True and everything it spawned."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Service:
+    """A real server process on 127.0.0.1 with a log file, restartable."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        health_url: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout_s: float = 90,
+    ) -> None:
+        self.name, self.argv, self.health_url = name, argv, health_url
+        self.log_path = log_dir / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.timeout_s = timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        try:
+            wait_for(self._healthy, self.timeout_s, f"{self.name} at {self.health_url}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not become healthy:\n{self.tail()}") from None
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+        return http_ok(self.health_url)()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def mlflow_server(
+    tmp: Path,
+    port: int | None = None,
+    backend_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """A real `mlflow server` (SQLite by default) with proxied artifacts, not yet started."""
+    port = port or free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_uri or f"sqlite:///{tmp / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination or str(tmp / "artifacts"),
+    ]
+    service = Service(
+        "mlflow",
+        argv,
+        f"http://127.0.0.1:{port}/health",
+        tmp,
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+        cwd=tmp,
+    )
+    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return service
+
+
+def moto_server(tmp: Path) -> Service:
+    """moto in server mode: an S3-compatible endpoint on loopback (no MinIO binary is obtainable here)."""
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    argv = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    service = Service("moto", argv, f"http://127.0.0.1:{port}/moto-api/", tmp)
+    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return service
+
+
+def modelops(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `modelops` command line."""
+    return subprocess.run(
+        [str(VENV_BIN / "modelops"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout_s,
+        cwd=cwd,
+        check=False,
+    )
