@@ -10,7 +10,7 @@ from tests.support import Service, mlflow_server
 
 
 @pytest.fixture(scope="session")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One real MLflow tracking server (SQLite, proxied artifacts in tmp) for the whole session."""
     service = mlflow_server(tmp_path_factory.mktemp("mlflow")).start()
     yield service

@@ -145,6 +145,7 @@ def mlflow_server(
         cwd=tmp,
     )
     service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    service.root = tmp  # type: ignore[attr-defined]
     return service
 
 

@@ -67,6 +67,14 @@ def ensure_tools() -> dict[str, Path]:
 
 if __name__ == "__main__":
     for tool, path in ensure_tools().items():
-        version = subprocess.run([str(path), "version", "--short" if tool == "helm" else "--client"],
-                                 capture_output=True, text=True, check=False).stdout.strip().splitlines()
+        version = (
+            subprocess.run(
+                [str(path), "version", "--short" if tool == "helm" else "--client"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         print(f"{tool}: {path} ({version[0] if version else '?'})")

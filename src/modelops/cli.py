@@ -82,6 +82,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve ------------------------------------------------------------------------------------------
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the model server (follows the registry alias)")
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from modelops.serving.server import run_server
+    from modelops.settings import ServerSettings
+
+    run_server(ServerSettings(), args.host, args.port, args.workers)
+    return 0
+
+
 # -- main -------------------------------------------------------------------------------------------
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -91,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
-    registrars: list[Registrar] = [_add_train]
+    registrars: list[Registrar] = [_add_train, _add_serve]
     for add in registrars:
         add(sub)
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -201,7 +201,18 @@ class Registry:
                 if not _is_unreachable(exc) and _is_not_found(exc):
                     return []
                 raise
-            return [self._info(mv, self.run_metrics(mv.run_id)) for mv in found]
+            # search results carry no aliases: take them from the registered model
+            aliases: dict[str, list[str]] = {}
+            if found:
+                for alias, version in (self.client.get_registered_model(self.name).aliases or {}).items():
+                    aliases.setdefault(str(version), []).append(alias)
+            return [
+                replace(
+                    self._info(mv, self.run_metrics(mv.run_id)),
+                    aliases=tuple(aliases.get(str(mv.version), ())),
+                )
+                for mv in found
+            ]
 
         versions = self._call(get)
         return sorted(versions, key=lambda v: int(v.version), reverse=True)
@@ -264,8 +275,11 @@ class Registry:
             self._set_history([*self._history(), current.version])
         return current.version if current else None
 
-    def rollback(self) -> tuple[str | None, str]:
-        """Move the alias back to its previous holder. Returns (from_version, to_version)."""
+    def previous_version(self) -> str:
+        """The version `rollback` would move the alias to; NothingToRollBack when there is none."""
+        return self._rollback_target()[0]
+
+    def _rollback_target(self) -> tuple[str, list[str], VersionInfo | None]:
         history = self._history()
         current = self.alias_version()
         while history:
@@ -276,12 +290,17 @@ class Registry:
                 self.get_version(candidate)
             except VersionNotFound:
                 continue  # that version was deleted since; look further back
-            self._set_alias(candidate)
-            self._set_history(history)
-            return (current.version if current else None, candidate)
+            return candidate, history, current
         raise NothingToRollBack(
             f"alias {self.alias!r} of {self.name!r} has no earlier version to roll back to"
         )
+
+    def rollback(self) -> tuple[str | None, str]:
+        """Move the alias back to its previous holder. Returns (from_version, to_version)."""
+        candidate, rest, current = self._rollback_target()
+        self._set_alias(candidate)
+        self._set_history(rest)
+        return (current.version if current else None, candidate)
 
     def _set_alias(self, version: str) -> None:
         self._call(lambda: self.client.set_registered_model_alias(self.name, self.alias, version))

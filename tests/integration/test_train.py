@@ -22,9 +22,9 @@ def train(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict | N
 
 
 def test_builtin_run_registers_and_promotes_then_auto_keeps_better_champion(
-    mlflow: Service, model_name: str, capsys: pytest.CaptureFixture[str]
+    tracking_server: Service, model_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = mlflow.uri  # type: ignore[attr-defined]
+    uri = tracking_server.uri  # type: ignore[attr-defined]
     code, first, err = train(capsys, "--tracking-uri", uri, "--model-name", model_name)
     assert code == 0, err
     assert first is not None
@@ -85,9 +85,9 @@ def test_builtin_run_registers_and_promotes_then_auto_keeps_better_champion(
 
 
 def test_lower_is_better_metric_is_compared_the_right_way(
-    mlflow: Service, model_name: str, capsys: pytest.CaptureFixture[str]
+    tracking_server: Service, model_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = mlflow.uri  # type: ignore[attr-defined]
+    uri = tracking_server.uri  # type: ignore[attr-defined]
     assert train(capsys, "--tracking-uri", uri, "--model-name", model_name)[0] == 0
     code, worse, _ = train(
         capsys,
@@ -109,12 +109,12 @@ def test_lower_is_better_metric_is_compared_the_right_way(
 
 
 def test_csv_run(
-    mlflow: Service, model_name: str, csv_file: Path, capsys: pytest.CaptureFixture[str]
+    tracking_server: Service, model_name: str, csv_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = train(
         capsys,
         "--tracking-uri",
-        mlflow.uri,
+        tracking_server.uri,
         "--model-name",
         model_name,  # type: ignore[attr-defined]
         "--data",
@@ -124,7 +124,7 @@ def test_csv_run(
     )
     assert code == 0, err
     assert out is not None and out["promoted"] is True
-    run = MlflowClient(mlflow.uri).get_run(out["run_id"])  # type: ignore[attr-defined]
+    run = MlflowClient(tracking_server.uri).get_run(out["run_id"])  # type: ignore[attr-defined]
     assert run.data.params["n_features"] == "4"
     assert run.data.params["data_source"] == str(csv_file)
 
@@ -150,7 +150,7 @@ def _write(path: Path, text: str) -> str:
     ],
 )
 def test_bad_input_fails_with_one_line_error_and_registers_nothing(
-    mlflow: Service,
+    tracking_server: Service,
     model_name: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -176,12 +176,12 @@ def test_bad_input_fails_with_one_line_error_and_registers_nothing(
     }.get(case, [])
     if case in csv:
         args += ["--data", _write(tmp_path / "d.csv", csv[case]), "--target", "label"]
-    code = main(["train", "--tracking-uri", mlflow.uri, "--model-name", model_name, *args])  # type: ignore[attr-defined]
+    code = main(["train", "--tracking-uri", tracking_server.uri, "--model-name", model_name, *args])  # type: ignore[attr-defined]
     _, err = capsys.readouterr()
     assert code == 1
     assert expected in err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert MlflowClient(mlflow.uri).search_model_versions(f"name = '{model_name}'") == []  # type: ignore[attr-defined]
+    assert MlflowClient(tracking_server.uri).search_model_versions(f"name = '{model_name}'") == []  # type: ignore[attr-defined]
 
 
 def test_unreachable_mlflow_exits_2_quickly_naming_the_uri(tmp_path: Path) -> None:
@@ -194,11 +194,11 @@ def test_unreachable_mlflow_exits_2_quickly_naming_the_uri(tmp_path: Path) -> No
     assert time.monotonic() - start < 30
 
 
-def test_json_output_is_one_object_on_stdout(mlflow: Service, model_name: str) -> None:
+def test_json_output_is_one_object_on_stdout(tracking_server: Service, model_name: str) -> None:
     result = modelops(
         "train",
         "--tracking-uri",
-        mlflow.uri,
+        tracking_server.uri,
         "--model-name",
         model_name,  # type: ignore[attr-defined]
         "--output",
@@ -218,8 +218,8 @@ def test_json_output_is_one_object_on_stdout(mlflow: Service, model_name: str) -
     } <= set(document)
 
 
-def test_text_output_shows_timing_breakdown(mlflow: Service, model_name: str) -> None:
-    result = modelops("train", "--tracking-uri", mlflow.uri, "--model-name", model_name)  # type: ignore[attr-defined]
+def test_text_output_shows_timing_breakdown(tracking_server: Service, model_name: str) -> None:
+    result = modelops("train", "--tracking-uri", tracking_server.uri, "--model-name", model_name)  # type: ignore[attr-defined]
     assert result.returncode == 0, result.stderr
     assert "timing: load_data" in result.stdout and "total" in result.stdout
     assert "promoted (no version held the alias yet)" in result.stdout

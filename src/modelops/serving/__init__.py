@@ -1,0 +1,1 @@
+"""The model server: follows a registry alias and serves predictions over HTTP."""

@@ -1,0 +1,92 @@
+"""Prometheus metrics of the model server. Works with several worker processes when
+PROMETHEUS_MULTIPROC_DIR is set (the server sets it before the workers start)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+from modelops.settings import prometheus_multiproc_dir
+
+if TYPE_CHECKING:
+    from modelops.serving.model import LoadedModel
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 10000)
+
+REQUESTS = Counter(
+    "modelops_requests", "HTTP requests by endpoint, method and status", ["endpoint", "method", "status"]
+)
+LATENCY = Histogram(
+    "modelops_request_duration_seconds",
+    "HTTP request latency by endpoint",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+ROWS_PREDICTED = Counter("modelops_predicted_rows", "Rows predicted")
+REQUEST_ROWS = Histogram("modelops_request_rows", "Rows per prediction request", buckets=ROW_BUCKETS)
+BATCH_ROWS = Histogram(
+    "modelops_batch_rows", "Rows per model predict call (after micro-batching)", buckets=ROW_BUCKETS
+)
+BATCH_REQUESTS = Histogram(
+    "modelops_batch_requests",
+    "Requests merged into one predict call",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
+MODEL_INFO = Gauge(
+    "modelops_model_info",
+    "The served model version (value 1)",
+    ["name", "version", "run_id"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOADED = Gauge(
+    "modelops_model_loaded", "1 when a model is loaded (min over workers)", multiprocess_mode="livemin"
+)
+MODEL_LOADS = Counter("modelops_model_loads", "Model load attempts by result", ["result"])
+MODEL_LOAD_FAILURES = Counter("modelops_model_load_failures", "Model versions that failed to load or warm up")
+MODEL_LOAD_DURATION = Histogram(
+    "modelops_model_load_duration_seconds",
+    "Time to download, load and warm a model version",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+MODEL_SWAPS = Counter("modelops_model_swaps", "Times the served model was replaced")
+ALIAS_POLLS = Counter("modelops_alias_polls", "Registry alias look-ups by result", ["result"])
+ALIAS_UNFOLLOWED_POLLS = Gauge(
+    "modelops_alias_unfollowed_polls",
+    "Consecutive polls in which the served version differed from the alias (max over workers)",
+    multiprocess_mode="livemax",
+)
+
+
+def set_model_info(name: str, version: str, run_id: str | None, old: LoadedModel | None) -> None:
+    if old is not None:
+        MODEL_INFO.labels(old.name, old.version, old.run_id or "").set(0)
+    MODEL_INFO.labels(name, version, run_id or "").set(1)
+    MODEL_LOADED.set(1)
+
+
+def render() -> bytes:
+    """The exposition text: merged over all workers in multi-process mode."""
+    if prometheus_multiproc_dir():
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

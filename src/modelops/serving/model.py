@@ -1,0 +1,201 @@
+"""LoadedModel: one registered version in memory, with a fast numpy predict and a warm-up."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelops.errors import ModelLoadError
+from modelops.registry import VersionInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Labels for N rows and, when the model has them, class probabilities (N x C)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to predict on float64 arrays whose columns follow `columns`."""
+
+    name: str
+    version: str
+    run_id: str | None
+    columns: list[str]
+    classes: list[Any] | None
+    flavor: str
+    predict_fn: Callable[[np.ndarray], Prediction]
+    example: np.ndarray
+    signature: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    local_dir: Path | None = None
+    loaded_at: float = field(default_factory=time.time)
+    load_duration_s: float = 0.0
+
+    @property
+    def n_features(self) -> int:
+        return len(self.columns)
+
+    def column_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.columns)}
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        return self.predict_fn(x)
+
+    def warm_up(self) -> None:
+        """Predict on the input example so the first real request is not the slow one."""
+        result = self.predict(self.example)
+        if len(result.labels) != len(self.example):
+            raise ModelLoadError(f"warm-up of v{self.version} returned {len(result.labels)} labels")
+
+    def release(self) -> None:
+        """Drop the downloaded artifacts (the object itself goes when the last request lets go)."""
+        if self.local_dir is not None:
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+            self.local_dir = None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "flavor": self.flavor,
+            "features": self.columns,
+            "classes": self.classes,
+            "metrics": self.metrics,
+            "signature": self.signature,
+            "loaded_at": self.loaded_at,
+            "load_duration_s": round(self.load_duration_s, 3),
+        }
+
+
+def _sklearn_predictor(model: Any) -> tuple[Callable[[np.ndarray], Prediction], list[Any] | None]:
+    classes = getattr(model, "classes_", None)
+    if classes is not None and hasattr(model, "predict_proba"):
+        class_array = np.asarray(classes)
+
+        def predict_with_proba(x: np.ndarray) -> Prediction:
+            proba = model.predict_proba(x)
+            # argmax of the probabilities is what predict() returns for these classifiers,
+            # and it saves a second pass over the model.
+            return Prediction(class_array[proba.argmax(axis=1)], proba)
+
+        return predict_with_proba, class_array.tolist()
+
+    def predict_only(x: np.ndarray) -> Prediction:
+        return Prediction(np.asarray(model.predict(x)), None)
+
+    return predict_only, None if classes is None else np.asarray(classes).tolist()
+
+
+def _pyfunc_predictor(path: Path, columns: list[str]) -> Callable[[np.ndarray], Prediction]:
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(str(path))
+
+    def predict(x: np.ndarray) -> Prediction:
+        out = model.predict(pd.DataFrame(x, columns=columns))
+        labels = (
+            out.iloc[:, 0].to_numpy()
+            if isinstance(out, pd.DataFrame)
+            else np.asarray(out).reshape(len(x), -1)[:, 0]
+        )
+        return Prediction(labels, None)
+
+    return predict
+
+
+def _columns_and_example(
+    mlmodel: Any, path: Path, n_features: int | None
+) -> tuple[list[str], np.ndarray, dict[str, Any] | None]:
+    signature = mlmodel.signature
+    columns: list[str] = []
+    if signature is not None and signature.inputs is not None and signature.inputs.has_input_names():
+        columns = [str(c) for c in signature.inputs.input_names()]
+    if not columns and n_features:
+        columns = [f"f{i}" for i in range(n_features)]
+    if not columns:
+        raise ModelLoadError("the model has no input signature and no feature count; cannot validate input")
+    try:
+        example = mlmodel.load_input_example(str(path))
+    except Exception:  # an example is optional: fall back to zeros
+        example = None
+    if example is not None and hasattr(example, "to_numpy"):
+        array = (
+            example[columns].to_numpy(dtype=np.float64) if hasattr(example, "columns") else example.to_numpy()
+        )
+    elif example is not None:
+        array = np.asarray(example, dtype=np.float64).reshape(-1, len(columns))
+    else:
+        array = np.zeros((1, len(columns)), dtype=np.float64)
+    return columns, np.ascontiguousarray(array, dtype=np.float64), signature.to_dict() if signature else None
+
+
+def load_model(
+    version: VersionInfo, tracking_uri: str, metrics: dict[str, float], work_dir: Path | None
+) -> LoadedModel:
+    """Download a registered version through the tracking server, load it natively and warm it up."""
+    import mlflow
+    from mlflow.models import Model
+
+    start = time.perf_counter()
+    base = Path(tempfile.mkdtemp(prefix=f"model-v{version.version}-", dir=work_dir))
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(base)
+            )
+        )
+        mlmodel = Model.load(str(path))
+        if "sklearn" in mlmodel.flavors:
+            import mlflow.sklearn
+
+            native = mlflow.sklearn.load_model(str(path))
+            predict_fn, classes = _sklearn_predictor(native)
+            flavor = "sklearn"
+            n_features = getattr(native, "n_features_in_", None)
+        else:
+            classes, flavor, n_features = None, "python_function", None
+        columns, example, signature = _columns_and_example(mlmodel, path, n_features)
+        if flavor == "python_function":
+            predict_fn = _pyfunc_predictor(path, columns)
+        loaded = LoadedModel(
+            name=version.name,
+            version=version.version,
+            run_id=version.run_id,
+            columns=columns,
+            classes=classes,
+            flavor=flavor,
+            predict_fn=predict_fn,
+            example=example,
+            signature=signature,
+            metrics=metrics,
+            local_dir=base,
+        )
+        loaded.warm_up()
+        loaded.load_duration_s = time.perf_counter() - start
+        return loaded
+    except ModelLoadError:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        raise ModelLoadError(
+            f"cannot load {version.name} v{version.version}: {type(exc).__name__}: {exc}"
+        ) from exc

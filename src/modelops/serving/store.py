@@ -1,0 +1,47 @@
+"""ModelStore: the model this process serves, swapped atomically, with the reason it is (not) ready."""
+
+from __future__ import annotations
+
+import logging
+
+from modelops.errors import ModelNotReady
+from modelops.serving import metrics
+from modelops.serving.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelStore:
+    """Holds the current LoadedModel. Readers take a reference and keep it for their whole request,
+    so a swap never changes the model under a request that already started."""
+
+    def __init__(self) -> None:
+        self._current: LoadedModel | None = None
+        self.reason = "starting: no model loaded yet"
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def require(self) -> LoadedModel:
+        model = self._current
+        if model is None:
+            raise ModelNotReady(self.reason)
+        return model
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def swap(self, new: LoadedModel) -> LoadedModel | None:
+        """Make `new` the served model; returns the previous one (already released)."""
+        old, self._current = self._current, new
+        self.reason = f"serving {new.name} v{new.version}"
+        metrics.set_model_info(new.name, new.version, new.run_id, old)
+        if old is not None:
+            metrics.MODEL_SWAPS.inc()
+            old.release()
+            log.info("swapped %s v%s -> v%s", new.name, old.version, new.version)
+        else:
+            log.info("serving %s v%s", new.name, new.version)
+        return old

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from modelops.training.publish import TrainOptions, TrainOutcome, run_training
+from tests.support import VENV_BIN, Service, free_port
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+WORSE = ["n_estimators=2", "max_depth=1"]
+
+
+def train_version(
+    uri: str,
+    name: str,
+    promote: str = "auto",
+    algorithm: str = "logreg",
+    params: list[str] | None = None,
+    seed: int = 42,
+) -> TrainOutcome:
+    return run_training(
+        TrainOptions(
+            tracking_uri=uri,
+            model_name=name,
+            experiment="tests",
+            alias="champion",
+            algorithm=algorithm,
+            params=params or [],
+            promote=promote,
+            seed=seed,
+            wait_s=10,
+        )
+    )
+
+
+def model_server(
+    tmp: Path,
+    tracking_uri: str,
+    model_name: str,
+    *,
+    workers: int = 1,
+    admin_token: str | None = ADMIN_TOKEN,
+    extra_env: dict[str, str] | None = None,
+) -> Service:
+    port = free_port()
+    env = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MODELOPS_MODEL_NAME": model_name,
+        "MODELOPS_POLL_INTERVAL_S": "0.5",
+        "MODELOPS_POLL_BACKOFF_MAX_S": "2",
+        **(extra_env or {}),
+    }
+    if admin_token:
+        env["MODELOPS_ADMIN_TOKEN"] = admin_token
+    tmp.mkdir(parents=True, exist_ok=True)
+    service = Service(
+        f"server-{port}",
+        [
+            str(VENV_BIN / "modelops"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        f"http://127.0.0.1:{port}/healthz",
+        tmp,
+        env=env,
+    )
+    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return service
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    started: list[Service] = []
+
+    def start(tracking_uri: str, model_name: str, **kwargs: object) -> Service:
+        service = model_server(tmp_path / f"s{len(started)}", tracking_uri, model_name, **kwargs).start()  # type: ignore[arg-type]
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
