@@ -7,10 +7,11 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from modelops import __version__
 from modelops.errors import InvalidInput, ModelOpsError, RegistryUnavailable
-from modelops.settings import TrainerSettings, apply_mlflow_client_defaults
+from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
 
 EXIT_INPUT = 1
 EXIT_UNREACHABLE = 2
@@ -93,9 +94,158 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from modelops.serving.server import run_server
-    from modelops.settings import ServerSettings
 
     run_server(ServerSettings(), args.host, args.port, args.workers)
+    return 0
+
+
+# -- local platform -------------------------------------------------------------------------------
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home) if args.home else StackSettings().home
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=None, help="state folder [$MODELOPS_HOME or ./.modelops]")
+
+
+def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("up", help="start the local platform (MLflow + model server) and train a first model")
+    _add_home(p)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--server-port", type=int, default=8000)
+    p.add_argument(
+        "--backend-store-uri", default=None, help="e.g. postgresql://user:pw@host/db [SQLite in home]"
+    )
+    p.add_argument(
+        "--artifacts-destination",
+        default=None,
+        help="e.g. s3://bucket/path (endpoint from MLFLOW_S3_ENDPOINT_URL) [folder in home]",
+    )
+    p.add_argument(
+        "--detach", action="store_true", help="return once healthy; stop later with `modelops down`"
+    )
+    p.set_defaults(func=_cmd_up)
+    d = sub.add_parser("down", help="stop a detached local platform")
+    _add_home(d)
+    d.set_defaults(func=lambda a: stack_down(_home(a)))
+    st = sub.add_parser("status", help="state of the local platform's components")
+    _add_home(st)
+    st.add_argument("--output", choices=("text", "json"), default="text")
+    st.set_defaults(func=_cmd_status)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from modelops.local.stack import StackConfig, up
+
+    settings = StackSettings()
+    config = StackConfig(
+        home=_home(args),
+        mlflow_port=args.mlflow_port,
+        server_port=args.server_port,
+        backend_store_uri=args.backend_store_uri,
+        artifacts_destination=args.artifacts_destination,
+        startup_timeout_s=settings.startup_timeout_s,
+        s3_endpoint_url=settings.s3_endpoint_url,
+    )
+    return up(config, detach=args.detach)
+
+
+def stack_down(home: Path) -> int:
+    from modelops.local.stack import down
+
+    return down(home)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from modelops.local.stack import status
+
+    report = status(_home(args))
+    if args.output == "json":
+        print(json.dumps(report))
+    elif not report["components"]:
+        print(f"No stack is running from {report['home']}.")
+    else:
+        for name, info in report["components"].items():
+            print(f"  {name:<14} {info['process']:<8} {info['health']:<12} {info['url']}")
+        print(f"  served model   {report.get('model_name')} v{report['model_version']}")
+    return 0 if report["running"] else 3
+
+
+def _server_url(args: argparse.Namespace) -> str:
+    from modelops.local.stack import read_state
+
+    if args.url:
+        return str(args.url).rstrip("/")
+    state = read_state(_home(args))
+    return state.urls["model-server"] if state else "http://127.0.0.1:8000"
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    configured = ServerSettings().admin_token
+    if configured is not None:
+        return configured.get_secret_value()
+    path = _home(args) / "admin-token"
+    if path.is_file():
+        return path.read_text().strip()
+    raise InvalidInput(
+        f"no admin token: pass --token, set MODELOPS_ADMIN_TOKEN, or create {path}", field="token"
+    )
+
+
+def _add_client(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser) -> None:
+        _add_home(p)
+        p.add_argument("--url", default=None, help="model server URL [the local stack's, else :8000]")
+
+    p = sub.add_parser("predict", help="send a prediction request (the model's input example by default)")
+    common(p)
+    p.add_argument("--features", default=None, help="one row: '1.0,2.0,...' or JSON list/object")
+    p.add_argument("--file", type=Path, default=None, help="JSON request body, or CSV with a header row")
+    p.add_argument("--print-body", action="store_true", help="print the request body instead of sending it")
+    p.set_defaults(func=_cmd_predict)
+    d = sub.add_parser("deploy", help="move the alias to a version or run (admin API)")
+    common(d)
+    group = d.add_mutually_exclusive_group(required=True)
+    group.add_argument("--version", default=None)
+    group.add_argument("--run-id", default=None)
+    d.add_argument(
+        "--token", default=None, help="admin token [$MODELOPS_ADMIN_TOKEN or $MODELOPS_HOME/admin-token]"
+    )
+    d.set_defaults(func=_cmd_deploy)
+    r = sub.add_parser("rollback", help="move the alias back to its previous version (admin API)")
+    common(r)
+    r.add_argument(
+        "--token", default=None, help="admin token [$MODELOPS_ADMIN_TOKEN or $MODELOPS_HOME/admin-token]"
+    )
+    r.set_defaults(func=_cmd_rollback)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from modelops.local import client
+
+    url = _server_url(args)
+    body = client.prediction_body(url, args.features, args.file)
+    print(
+        json.dumps(
+            body if args.print_body else client.predict(url, body), indent=None if args.print_body else 2
+        )
+    )
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from modelops.local import client
+
+    print(json.dumps(client.deploy(_server_url(args), _token(args), args.version, args.run_id), indent=2))
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from modelops.local import client
+
+    print(json.dumps(client.rollback(_server_url(args), _token(args)), indent=2))
     return 0
 
 
@@ -108,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
-    registrars: list[Registrar] = [_add_train, _add_serve]
+    registrars: list[Registrar] = [_add_train, _add_serve, _add_up, _add_client]
     for add in registrars:
         add(sub)
     return parser

@@ -77,6 +77,7 @@ class LoadedModel:
             "classes": self.classes,
             "metrics": self.metrics,
             "signature": self.signature,
+            "input_example": self.example[0].tolist() if len(self.example) else None,
             "loaded_at": self.loaded_at,
             "load_duration_s": round(self.load_duration_s, 3),
         }

@@ -1,0 +1,376 @@
+"""`modelops up | down | status`: the whole platform as local processes under $MODELOPS_HOME.
+
+    MLflow tracking server  (SQLite + local artifacts by default, artifacts proxied)
+    model server            (follows the `champion` alias)
+A first training runs when the registry has no champion, so `up` always ends with a model serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from modelops.errors import ConfigError, ModelOpsError
+from modelops.local.processes import Child, group_alive, require_free_ports, stop_group
+from modelops.settings import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+
+STATE_FILE = "stack.json"
+TOKEN_FILE = "admin-token"
+HOST = "127.0.0.1"
+
+
+@dataclass
+class StackConfig:
+    """What `modelops up` starts, and where it keeps its state."""
+
+    home: Path
+    mlflow_port: int = 5000
+    server_port: int = 8000
+    backend_store_uri: str | None = None
+    artifacts_destination: str | None = None
+    model_name: str = DEFAULT_MODEL_NAME
+    alias: str = DEFAULT_ALIAS
+    startup_timeout_s: float = 120.0
+    poll_interval_s: float = 5.0
+    s3_endpoint_url: str | None = None
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def server_url(self) -> str:
+        return f"http://{HOST}:{self.server_port}"
+
+
+@dataclass
+class StackState:
+    """Written to $MODELOPS_HOME/stack.json while a stack runs; read by `down` and `status`."""
+
+    pids: dict[str, int]
+    urls: dict[str, str]
+    mode: str
+    started_at: float = field(default_factory=time.time)
+    model_name: str = DEFAULT_MODEL_NAME
+
+
+class StartupFailed(ModelOpsError):
+    code = "startup_failed"
+
+
+def admin_token(home: Path) -> str:
+    """The admin token in $MODELOPS_HOME/admin-token (mode 0600), created on first use."""
+    path = home / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def read_state(home: Path) -> StackState | None:
+    try:
+        return StackState(**json.loads((home / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_state(home: Path, state: StackState) -> None:
+    tmp = home / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(home / STATE_FILE)
+
+
+class Progress:
+    """One line per step: `  mlflow        starting ...` then `healthy (3.1 s)`."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+
+    def step(self, name: str, state: str) -> None:
+        print(f"  {name:<14} {state:<10} {time.monotonic() - self.t0:6.1f} s", file=self.out, flush=True)
+
+
+def _python_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def _children(config: StackConfig, token: str) -> tuple[Child, Child]:
+    home = config.home.resolve()
+    logs = home / "logs"
+    backend = config.backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    artifacts = config.artifacts_destination or str(home / "artifacts")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELOPS_")}
+    mlflow_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if config.s3_endpoint_url:
+        mlflow_env["MLFLOW_S3_ENDPOINT_URL"] = config.s3_endpoint_url
+    mlflow = Child(
+        "mlflow",
+        _python_cmd(
+            "mlflow",
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(config.mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            backend,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            artifacts,
+        ),
+        mlflow_env,
+        logs / "mlflow.log",
+    )
+    server_env = {
+        **base_env,
+        "MLFLOW_TRACKING_URI": config.mlflow_url,
+        "MODELOPS_MODEL_NAME": config.model_name,
+        "MODELOPS_MODEL_ALIAS": config.alias,
+        "MODELOPS_ADMIN_TOKEN": token,
+        "MODELOPS_POLL_INTERVAL_S": str(config.poll_interval_s),
+        "MODELOPS_MODEL_DIR": str(home / "models"),
+    }
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    server = Child(
+        "model-server",
+        _python_cmd(
+            "modelops",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(config.server_port),
+        ),
+        server_env,
+        logs / "model-server.log",
+    )
+    return mlflow, server
+
+
+def _wait_healthy(child: Child, url: str, timeout_s: float, ok: Callable[[httpx.Response], bool]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = child.exited()
+        if code is not None:
+            raise StartupFailed(
+                f"{child.name} exited with code {code} while starting; last lines of "
+                f"{child.log_path}:\n{child.tail()}"
+            )
+        try:
+            if ok(httpx.get(url, timeout=2)):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise StartupFailed(
+        f"{child.name} was not healthy at {url} within {timeout_s:g} s; last lines of "
+        f"{child.log_path}:\n{child.tail()}"
+    )
+
+
+def _ensure_champion(config: StackConfig, progress: Progress) -> str:
+    """The champion version; trains and promotes a first model when there is none."""
+    from modelops.registry import Registry
+    from modelops.settings import RegistrySettings
+
+    registry = Registry(
+        RegistrySettings(
+            tracking_uri=config.mlflow_url, model_name=config.model_name, model_alias=config.alias
+        )
+    )
+    champion = registry.alias_version()
+    if champion is not None:
+        return champion.version
+    progress.step("first training", "running")
+    from modelops.training.publish import TrainOptions, run_training
+
+    log_path = config.home / "logs" / "training.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    options = TrainOptions(
+        tracking_uri=config.mlflow_url,
+        model_name=config.model_name,
+        experiment="modelops",
+        alias=config.alias,
+        wait_s=30,
+    )
+    # MLflow prints its own progress on stderr: keep it in the log, not on the user's screen.
+    with log_path.open("a") as log, contextlib.redirect_stderr(log):
+        outcome = run_training(options)
+    progress.step("first training", f"v{outcome.version}")
+    return outcome.version
+
+
+def summary(config: StackConfig, version: str, example: list[float] | None = None) -> str:
+    token_path = (config.home / TOKEN_FILE).resolve()
+    rows = [
+        ("MLflow UI", config.mlflow_url),
+        ("Model server API docs", f"{config.server_url}/docs"),
+        ("Metrics", f"{config.server_url}/metrics"),
+        ("Served model", f"{config.model_name} v{version} (alias {config.alias})"),
+        ("Admin token", str(token_path)),
+        ("Logs", str((config.home / "logs").resolve())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [
+        "",
+        *(f"  {k:<{width}}  {v}" for k, v in rows),
+        "",
+        "  Try a prediction:",
+        f"    curl -s -X POST {config.server_url}/predict -H 'Content-Type: application/json' \\",
+        f"      -d '{json.dumps({'features': example or []})}'",
+        "  or:  modelops predict   (in the virtualenv: .venv/bin/modelops predict)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
+    """Start the stack. Foreground: serve until SIGINT/SIGTERM. Detached: return once healthy."""
+    home = config.home
+    existing = read_state(home)
+    if existing is not None and any(group_alive(pid) for pid in existing.pids.values()):
+        raise ConfigError(
+            f"a stack is already running from {home.resolve()} (see `modelops status`; "
+            "stop it with `modelops down`)"
+        )
+    require_free_ports(HOST, {"--mlflow-port": config.mlflow_port, "--server-port": config.server_port})
+    home.mkdir(parents=True, exist_ok=True)
+    token = admin_token(home)
+    mlflow, server = _children(config, token)
+    started: list[Child] = []
+    progress = Progress(out)
+    print(f"Starting ModelOps Stack from {home.resolve()}", file=out, flush=True)
+    try:
+        progress.step("mlflow", "starting")
+        mlflow.start()
+        started.append(mlflow)
+        _wait_healthy(
+            mlflow, f"{config.mlflow_url}/health", config.startup_timeout_s, lambda r: r.status_code == 200
+        )
+        progress.step("mlflow", "healthy")
+        version = _ensure_champion(config, progress)
+        progress.step("model-server", "starting")
+        server.start()
+        started.append(server)
+        _wait_healthy(
+            server, f"{config.server_url}/readyz", config.startup_timeout_s, lambda r: r.status_code == 200
+        )
+        model = httpx.get(f"{config.server_url}/model", timeout=5).json()
+        version, example = model.get("version", version), model.get("input_example")
+        progress.step("model-server", "ready")
+    except BaseException:
+        for child in reversed(started):
+            child.stop()
+        raise
+    state = StackState(
+        pids={c.name: c.pid for c in started},
+        urls={"mlflow": config.mlflow_url, "model-server": config.server_url},
+        mode="detached" if detach else "foreground",
+        model_name=config.model_name,
+    )
+    _write_state(home, state)
+    print(summary(config, version, example), file=out, flush=True)
+    if detach:
+        print("  Running in the background; stop it with: modelops down", file=out, flush=True)
+        return 0
+    print("  Press Ctrl-C to stop.", file=out, flush=True)
+    return _supervise(started, home, out)
+
+
+def _supervise(children: list[Child], home: Path, out: TextIO) -> int:
+    stopping = False
+
+    def handle(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    code = 0
+    try:
+        while not stopping:
+            dead = next((c for c in children if c.exited() is not None), None)
+            if dead is not None:
+                print(
+                    f"\n{dead.name} exited with code {dead.exited()}; last lines of {dead.log_path}:\n"
+                    f"{dead.tail()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                code = 1
+                break
+            time.sleep(0.5)
+    finally:
+        print("\nStopping ...", file=out, flush=True)
+        for child in reversed(children):
+            child.stop()
+        (home / STATE_FILE).unlink(missing_ok=True)
+        print("Stopped.", file=out, flush=True)
+    return code
+
+
+def down(home: Path, out: TextIO = sys.stdout) -> int:
+    state = read_state(home)
+    if state is None:
+        print(f"No stack is running from {home.resolve()}.", file=out)
+        return 0
+    # model server first, so it never sees MLflow vanish under it
+    for name, pgid in sorted(state.pids.items(), key=lambda item: item[0] == "mlflow"):
+        stop_group(pgid)
+        print(f"  {name:<14} stopped", file=out)
+    (home / STATE_FILE).unlink(missing_ok=True)
+    return 0
+
+
+def status(home: Path) -> dict[str, Any]:
+    """Each component's state and URL, and the served model version."""
+    state = read_state(home)
+    if state is None:
+        return {"running": False, "home": str(home.resolve()), "components": {}, "model_version": None}
+    components: dict[str, Any] = {}
+    version = None
+    checks = {"mlflow": "/health", "model-server": "/readyz"}
+    for name, pgid in state.pids.items():
+        url = state.urls.get(name, "")
+        info: dict[str, Any] = {
+            "pid": pgid,
+            "url": url,
+            "process": "running" if group_alive(pgid) else "dead",
+        }
+        try:
+            response = httpx.get(url + checks.get(name, "/"), timeout=3)
+            info["health"] = (
+                "healthy" if response.status_code == 200 else f"unhealthy (HTTP {response.status_code})"
+            )
+            if name == "model-server" and response.status_code == 200:
+                version = response.json().get("model_version")
+        except httpx.HTTPError as exc:
+            info["health"] = f"unreachable ({type(exc).__name__})"
+        components[name] = info
+    running = all(c["process"] == "running" and c["health"] == "healthy" for c in components.values())
+    return {
+        "running": running,
+        "home": str(home.resolve()),
+        "mode": state.mode,
+        "components": components,
+        "model_name": state.model_name,
+        "model_version": version,
+    }

@@ -1,0 +1,192 @@
+"""`modelops up | status | predict | deploy | rollback | down` as a new user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from modelops.local.processes import group_alive, port_free
+from tests.support import VENV_BIN, free_port, modelops, wait_for
+
+
+def up_args(home: Path, mlflow_port: int, server_port: int, *extra: str) -> list[str]:
+    return [
+        "up",
+        "--home",
+        str(home),
+        "--mlflow-port",
+        str(mlflow_port),
+        "--server-port",
+        str(server_port),
+        *extra,
+    ]
+
+
+def curl_body(stdout: str) -> dict:
+    """The JSON of the ready-to-paste curl line that `up` prints."""
+    line = next(x for x in stdout.splitlines() if x.strip().startswith("-d '"))
+    return json.loads(line.strip()[4:-1])
+
+
+def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mlflow_port, server_port = free_port(), free_port()
+    first = modelops(*up_args(home, mlflow_port, server_port, "--detach"), timeout_s=240)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for expected in (
+        "mlflow",
+        "healthy",
+        "first training",
+        "model-server",
+        "ready",
+        f"http://127.0.0.1:{mlflow_port}",
+        f"http://127.0.0.1:{server_port}/docs",
+        "/metrics",
+        "v1",
+        "admin-token",
+        "curl -s -X POST",
+    ):
+        assert expected in first.stdout, expected
+    token_file = home / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token_file.read_text().strip()) >= 32
+    state = json.loads((home / "stack.json").read_text())
+    pids = list(state["pids"].values())
+    try:
+        status = modelops("status", "--home", str(home), "--output", "json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["running"] is True and report["model_version"] == "1"
+        assert {c["health"] for c in report["components"].values()} == {"healthy"}
+
+        response = httpx.post(f"http://127.0.0.1:{server_port}/predict", json=curl_body(first.stdout))
+        assert response.status_code == 200 and response.json()["model_version"] == "1"
+        predicted = modelops("predict", "--home", str(home))
+        assert predicted.returncode == 0 and json.loads(predicted.stdout)["prediction"] in (0, 1)
+        assert (home / "logs" / "mlflow.log").exists() and (home / "logs" / "model-server.log").exists()
+
+        # deploy and roll back through the CLI with the stored token
+        client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+        run = client.search_runs([client.get_experiment_by_name("modelops").experiment_id])[0]
+        deployed = modelops("deploy", "--home", str(home), "--run-id", run.info.run_id)
+        assert deployed.returncode == 0, deployed.stderr
+        assert (
+            modelops("rollback", "--home", str(home)).returncode == 1
+        )  # v1 was never replaced: nothing to go back to
+        rejected = modelops("deploy", "--home", str(home), "--version", "1", "--token", "wrong")
+        assert rejected.returncode == 1 and "401" in rejected.stderr
+    finally:
+        down = modelops("down", "--home", str(home))
+    assert down.returncode == 0, down.stderr
+    assert not any(group_alive(pid) for pid in pids), "a process outlived `modelops down`"
+    assert port_free("127.0.0.1", mlflow_port) and port_free("127.0.0.1", server_port)
+    assert modelops("status", "--home", str(home)).returncode == 3
+
+    again = modelops(*up_args(home, mlflow_port, server_port, "--detach"), timeout_s=240)
+    try:
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "first training" not in again.stdout  # the registry survived: no new training
+        assert httpx.get(f"http://127.0.0.1:{server_port}/readyz").json()["model_version"] == "1"
+        versions = MlflowClient(f"http://127.0.0.1:{mlflow_port}").search_model_versions(
+            "name='ModelOpsStudioModel'"
+        )
+        assert len(versions) == 1
+    finally:
+        modelops("down", "--home", str(home))
+
+
+def test_port_in_use_is_a_clear_error_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = modelops(*up_args(tmp_path / "home", port, free_port(), "--detach"))
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "--mlflow-port" in result.stderr
+    assert not (tmp_path / "home" / "stack.json").exists()
+    assert not (tmp_path / "home" / "logs").exists()
+
+
+def test_a_component_that_fails_to_start_is_reported_and_everything_stops(tmp_path: Path) -> None:
+    mlflow_port, server_port = free_port(), free_port()
+    result = modelops(
+        *up_args(
+            tmp_path / "home", mlflow_port, server_port, "--detach", "--backend-store-uri", "notadb://nowhere"
+        ),
+        timeout_s=180,
+    )
+    assert result.returncode == 1
+    assert "mlflow exited with code" in result.stderr and "mlflow.log" in result.stderr
+    assert "notadb" in result.stderr  # the log tail says what went wrong
+    assert not (tmp_path / "home" / "stack.json").exists()
+    assert port_free("127.0.0.1", mlflow_port) and port_free("127.0.0.1", server_port)
+
+
+def test_foreground_ctrl_c_stops_every_child(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mlflow_port, server_port = free_port(), free_port()
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "modelops"), *up_args(home, mlflow_port, server_port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: "Press Ctrl-C" in (tmp_path / "up.log").read_text(), 240, "the stack to be up")
+        pids = list(json.loads((home / "stack.json").read_text())["pids"].values())
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert not any(group_alive(pid) for pid in pids)
+    assert not (home / "stack.json").exists()
+    assert "Stopped." in (tmp_path / "up.log").read_text()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    base = os.environ.get("MODELOPS_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip(
+            "PostgreSQL tests need MODELOPS_TEST_DATABASE_URL=postgresql://user:pw@host:port/db of a role "
+            "that may CREATE DATABASE (.ci/run sets it up; see DEVELOPERS.md)"
+        )
+    import psycopg
+
+    name = f"modelops_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def test_tracking_server_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    home = tmp_path / "home"
+    mlflow_port, server_port = free_port(), free_port()
+    result = modelops(
+        *up_args(home, mlflow_port, server_port, "--detach", "--backend-store-uri", postgres_url),
+        timeout_s=300,
+    )
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert not (home / "mlflow.db").exists()
+        import psycopg
+
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+            assert conn.execute("SELECT version FROM model_versions").fetchall() == [(1,)]
+    finally:
+        modelops("down", "--home", str(home))
