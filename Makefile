@@ -34,8 +34,8 @@ tools: setup  ## install the tools the tests need (helm)
 	$(PY) -m tests.tools
 
 lint: setup  ## ruff (lint + format check) and mypy on src/
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy src
 
 test: setup tools lint  ## the whole suite
@@ -45,8 +45,8 @@ unit: setup  ## fast tests only
 	$(BIN)/pytest tests/unit
 
 fmt: setup  ## format the code
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix src tests benchmarks scripts
 
 bench: setup  ## serving benchmark against `mlflow models serve` (writes docs/benchmarks.md)
 	$(PY) benchmarks/serving.py --write docs/benchmarks.md

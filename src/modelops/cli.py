@@ -249,6 +249,44 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- operational tasks (run by the chart) ----------------------------------------------------------
+def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser("create-bucket", help="create the artifact bucket if it does not exist (idempotent)")
+    b.add_argument("--bucket", required=True)
+    b.add_argument("--endpoint-url", default=None, help="S3 endpoint [$MLFLOW_S3_ENDPOINT_URL, else AWS]")
+    b.add_argument("--region", default=None)
+    b.add_argument("--wait-s", type=float, default=300, help="how long to wait for the object store")
+    b.set_defaults(func=_cmd_create_bucket)
+    d = sub.add_parser("db", help="MLflow backend database schema")
+    d.add_argument(
+        "action", choices=("upgrade", "wait"), help="upgrade: create/migrate once; wait: until current"
+    )
+    d.add_argument(
+        "--backend-store-uri", required=True, help="e.g. postgresql+psycopg://user@host:5432/mlflow"
+    )
+    d.add_argument("--wait-s", type=float, default=300)
+    d.set_defaults(func=_cmd_db)
+
+
+def _cmd_create_bucket(args: argparse.Namespace) -> int:
+    from modelops.ops.bucket import ensure_bucket
+
+    endpoint = args.endpoint_url or TrainerSettings().s3_endpoint_url
+    result = ensure_bucket(args.bucket, endpoint, args.region, args.wait_s)
+    print(f"bucket {args.bucket}: {result}")
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from modelops.ops import database
+
+    if args.action == "upgrade":
+        print(f"schema: {database.upgrade(args.backend_store_uri, args.wait_s)}")
+    else:
+        print(f"schema current at {database.wait_for_schema(args.backend_store_uri, args.wait_s)}")
+    return 0
+
+
 # -- main -------------------------------------------------------------------------------------------
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -258,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
-    registrars: list[Registrar] = [_add_train, _add_serve, _add_up, _add_client]
+    registrars: list[Registrar] = [_add_train, _add_serve, _add_up, _add_client, _add_ops]
     for add in registrars:
         add(sub)
     return parser

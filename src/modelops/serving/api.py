@@ -188,6 +188,8 @@ def _openapi_body(model: type[Any]) -> dict[str, Any]:
 def create_app(settings: ServerSettings, registry: Registry | None = None) -> FastAPI:
     """Build the model server app. The watcher and batcher start with the app's lifespan."""
     registry = registry or Registry(settings)
+    if settings.model_dir is not None:
+        settings.model_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore()
     watcher = AliasWatcher(
         store, registry, settings.poll_interval_s, settings.poll_backoff_max_s, settings.model_dir

@@ -13,7 +13,7 @@ import socket
 import tempfile
 
 from modelops.errors import ConfigError
-from modelops.settings import ServerSettings
+from modelops.settings import ServerSettings, prometheus_multiproc_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def _prepare_multiprocess_metrics() -> None:
     # prometheus_client reads this when it is first imported, so set it before any worker starts.
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelops-metrics-")
-    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    directory = prometheus_multiproc_dir()
+    if not directory:
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelops-metrics-")
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):  # stale files from an earlier run would add up
         if name.endswith(".db"):
@@ -53,7 +53,7 @@ def run_server(settings: ServerSettings, host: str, port: int, workers: int) -> 
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
     sock = bind_socket(host, port)
-    if workers > 1:
+    if workers > 1 or prometheus_multiproc_dir():
         _prepare_multiprocess_metrics()
     config = uvicorn.Config(
         APP_FACTORY,

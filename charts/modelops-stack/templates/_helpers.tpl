@@ -1,0 +1,203 @@
+{{/* Names ------------------------------------------------------------------------------------------ */}}
+{{- define "modelops-stack.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "modelops-stack.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<component>", e.g. include "modelops-stack.component.name" (list . "mlflow") */}}
+{{- define "modelops-stack.component.name" -}}
+{{- $root := index . 0 }}{{- $component := index . 1 -}}
+{{- printf "%s-%s" (include "modelops-stack.fullname" $root | trunc 50 | trimSuffix "-") $component }}
+{{- end }}
+
+{{- define "modelops-stack.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels: selector labels are name + instance + component only ---------------------------------- */}}
+{{- define "modelops-stack.component.selectorLabels" -}}
+{{- $root := index . 0 }}{{- $component := index . 1 -}}
+app.kubernetes.io/name: {{ include "modelops-stack.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ $component }}
+{{- end }}
+
+{{- define "modelops-stack.component.labels" -}}
+{{- $root := index . 0 -}}
+{{ include "modelops-stack.component.selectorLabels" . }}
+app.kubernetes.io/part-of: modelops-stack
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+helm.sh/chart: {{ include "modelops-stack.chart" $root }}
+{{- end }}
+
+{{/* Images ------------------------------------------------------------------------------------------ */}}
+{{- define "modelops-stack.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "modelops-stack.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "modelops-stack.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Secrets: where each credential lives ----------------------------------------------------------- */}}
+{{- define "modelops-stack.secrets.generatedName" -}}
+{{- include "modelops-stack.component.name" (list . "credentials") }}
+{{- end }}
+
+{{- define "modelops-stack.adminToken.secretName" -}}
+{{- .Values.modelServer.auth.existingSecret | default (include "modelops-stack.secrets.generatedName" .) }}
+{{- end }}
+{{- define "modelops-stack.adminToken.secretKey" -}}
+{{- if .Values.modelServer.auth.existingSecret }}{{ .Values.modelServer.auth.secretKey }}{{ else }}admin-token{{ end }}
+{{- end }}
+
+{{- define "modelops-stack.database.secretName" -}}
+{{- if .Values.postgresql.enabled }}
+{{- .Values.postgresql.auth.existingSecret | default (include "modelops-stack.secrets.generatedName" .) }}
+{{- else }}
+{{- required "externalDatabase.existingSecret is required when postgresql.enabled is false" .Values.externalDatabase.existingSecret }}
+{{- end }}
+{{- end }}
+{{- define "modelops-stack.database.secretKey" -}}
+{{- if .Values.postgresql.enabled }}
+{{- if .Values.postgresql.auth.existingSecret }}{{ .Values.postgresql.auth.secretKey }}{{ else }}postgres-password{{ end }}
+{{- else }}{{ .Values.externalDatabase.secretKey }}{{ end }}
+{{- end }}
+
+{{- define "modelops-stack.database.uri" -}}
+{{- if .Values.postgresql.enabled }}
+{{- printf "postgresql+psycopg://%s@%s:5432/%s" .Values.postgresql.auth.username (include "modelops-stack.component.name" (list . "postgresql")) .Values.postgresql.auth.database }}
+{{- else }}
+{{- printf "postgresql+psycopg://%s@%s:%v/%s" .Values.externalDatabase.user (required "externalDatabase.host is required when postgresql.enabled is false" .Values.externalDatabase.host) .Values.externalDatabase.port .Values.externalDatabase.database }}
+{{- end }}
+{{- end }}
+
+{{/* Object store ------------------------------------------------------------------------------------ */}}
+{{- define "modelops-stack.s3.endpoint" -}}
+{{- if .Values.minio.enabled }}
+{{- printf "http://%s:%v" (include "modelops-stack.component.name" (list . "minio")) .Values.minio.service.port }}
+{{- else }}{{ .Values.externalS3.endpoint }}{{ end }}
+{{- end }}
+
+{{- define "modelops-stack.s3.bucket" -}}
+{{- if .Values.minio.enabled }}{{ .Values.minio.bucket }}{{ else }}{{ required "externalS3.bucket is required when minio.enabled is false" .Values.externalS3.bucket }}{{ end }}
+{{- end }}
+
+{{/* Secret name and keys holding S3 keys; empty name = no keys (role-based access) */}}
+{{- define "modelops-stack.s3.secretName" -}}
+{{- if .Values.minio.enabled }}
+{{- .Values.minio.auth.existingSecret | default (include "modelops-stack.secrets.generatedName" .) }}
+{{- else }}{{ .Values.externalS3.existingSecret }}{{ end }}
+{{- end }}
+{{- define "modelops-stack.s3.accessKeyKey" -}}
+{{- if .Values.minio.enabled }}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.userKey }}{{ else }}minio-root-user{{ end }}
+{{- else }}{{ .Values.externalS3.accessKeyIdKey }}{{ end }}
+{{- end }}
+{{- define "modelops-stack.s3.secretKeyKey" -}}
+{{- if .Values.minio.enabled }}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.passwordKey }}{{ else }}minio-root-password{{ end }}
+{{- else }}{{ .Values.externalS3.secretAccessKeyKey }}{{ end }}
+{{- end }}
+
+{{/* Environment blocks -------------------------------------------------------------------------------- */}}
+{{- define "modelops-stack.env.database" -}}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "modelops-stack.database.secretName" . }}
+      key: {{ include "modelops-stack.database.secretKey" . }}
+{{- end }}
+
+{{- define "modelops-stack.env.s3" -}}
+{{- with include "modelops-stack.s3.endpoint" . }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if not .Values.minio.enabled }}
+- name: AWS_DEFAULT_REGION
+  value: {{ .Values.externalS3.region | quote }}
+{{- end }}
+{{- with include "modelops-stack.s3.secretName" . }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "modelops-stack.s3.accessKeyKey" $ }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "modelops-stack.s3.secretKeyKey" $ }}
+{{- end }}
+{{- end }}
+
+{{- define "modelops-stack.mlflow.url" -}}
+{{- printf "http://%s:%v" (include "modelops-stack.component.name" (list . "mlflow")) .Values.mlflow.service.port }}
+{{- end }}
+
+{{/* Pod pieces ------------------------------------------------------------------------------------------ */}}
+{{- define "modelops-stack.pod.common" -}}
+serviceAccountName: {{ include "modelops-stack.serviceAccountName" . }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "modelops-stack.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "modelops-stack.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Checksums so pods restart when configuration or credentials change */}}
+{{- define "modelops-stack.podAnnotations" -}}
+checksum/config: {{ toJson (pick .Values "model" "mlflow" "modelServer" "training" "externalS3" "externalDatabase" "image") | sha256sum }}
+checksum/secret: {{ include (print .Template.BasePath "/secrets/secret.yaml") . | sha256sum }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The modelops image's container basics */}}
+{{- define "modelops-stack.container.common" -}}
+image: {{ include "modelops-stack.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end }}

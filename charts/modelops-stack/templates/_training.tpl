@@ -1,0 +1,39 @@
+{{/* The trainer pod spec shared by the CronJob and the on-install Job. */}}
+{{- define "modelops-stack.training.podSpec" -}}
+{{- include "modelops-stack.pod.common" . }}
+restartPolicy: Never
+containers:
+  - name: trainer
+    {{- include "modelops-stack.container.common" . | nindent 4 }}
+    args:
+      - train
+      - --algorithm={{ .Values.training.algorithm }}
+      {{- range $key, $value := .Values.training.params }}
+      - --param={{ $key }}={{ $value }}
+      {{- end }}
+      {{- with .Values.training.data }}
+      - --data={{ . }}
+      {{- end }}
+      - --target={{ .Values.training.target }}
+      - --test-size={{ .Values.training.testSize }}
+      - --seed={{ .Values.training.seed }}
+      - --promote={{ .Values.training.promote }}
+      - --metric={{ .Values.training.metric }}
+    env:
+      - name: MLFLOW_TRACKING_URI
+        value: {{ include "modelops-stack.mlflow.url" . | quote }}
+      - name: MODELOPS_MODEL_NAME
+        value: {{ .Values.model.name | quote }}
+      - name: MODELOPS_MODEL_ALIAS
+        value: {{ .Values.model.alias | quote }}
+      - name: MODELOPS_EXPERIMENT
+        value: {{ .Values.training.experiment | quote }}
+      - name: MODELOPS_WAIT_S
+        value: {{ .Values.training.waitS | quote }}
+    resources:
+      {{- toYaml .Values.training.resources | nindent 6 }}
+    volumeMounts:
+      {{- include "modelops-stack.tmpMount" . | nindent 6 }}
+volumes:
+  {{- include "modelops-stack.tmpVolume" . | nindent 2 }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""Operational one-shot tasks the chart runs as Jobs and init containers (bucket, database schema)."""
