@@ -1,4 +1,4 @@
-"""Generate charts/modelops-stack/values.schema.json from values.yaml.
+"""Generate charts/modelops-stack/values.schema.json and the chart README's values table from values.yaml.
 
 values.yaml is the single source: every key's type comes from its default, its description from the
 `# --` comment above it, and a few constraints (enums, ranges) from RULES below. Objects are strict
@@ -22,6 +22,8 @@ import yaml
 CHART = Path(__file__).resolve().parent.parent / "charts" / "modelops-stack"
 VALUES = CHART / "values.yaml"
 SCHEMA = CHART / "values.schema.json"
+README = CHART / "README.md"
+START, END = "<!-- values:start -->", "<!-- values:end -->"
 
 # Kubernetes objects passed through as they are: the API server validates them.
 FREE_FORM = {
@@ -188,6 +190,31 @@ def build() -> tuple[dict[str, Any], list[str]]:
     return schema, undocumented
 
 
+def values_table() -> str:
+    """Markdown table of every documented key with its default."""
+    text = VALUES.read_text()
+    values = yaml.safe_load(text)
+    docs = descriptions(text)
+    rows = ["| key | default | description |", "| --- | --- | --- |"]
+
+    def default_of(path: str) -> object:
+        node: object = values
+        for part in path.split("."):
+            node = node[part]  # type: ignore[index]
+        return node
+
+    for path, doc in docs.items():
+        rows.append(f"| `{path}` | `{json.dumps(default_of(path))}` | {doc.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def readme_with_table() -> str:
+    readme = README.read_text()
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{values_table()}\n{END}{tail}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
@@ -197,12 +224,15 @@ def main() -> int:
     if undocumented:
         print("keys without a `# --` comment: " + ", ".join(undocumented), file=sys.stderr)
         return 1
+    readme = readme_with_table()
     if args.check:
-        if SCHEMA.read_text() != rendered:
-            print(f"{SCHEMA} is stale: run python scripts/values_schema.py", file=sys.stderr)
+        stale = [str(p) for p, want in ((SCHEMA, rendered), (README, readme)) if p.read_text() != want]
+        if stale:
+            print(f"stale: {', '.join(stale)}: run python scripts/values_schema.py", file=sys.stderr)
             return 1
         return 0
     SCHEMA.write_text(rendered)
+    README.write_text(readme)
     return 0
 
 

