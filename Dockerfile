@@ -12,13 +12,19 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml constraints.txt README.md ./
-COPY src ./src
+# Dependencies first, in a layer of their own: it is rebuilt only when pyproject/constraints change.
 # The CA bundle is an optional build secret (for build machines behind an intercepting proxy); it is
 # never stored in the image.
 RUN --mount=type=secret,id=cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi; \
-    /opt/venv/bin/pip install --upgrade pip \
+    mkdir -p src/modelops && touch src/modelops/__init__.py \
+ && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip install -c constraints.txt . \
+ && rm -rf build src
+COPY src ./src
+RUN --mount=type=secret,id=cabundle \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi; \
+    /opt/venv/bin/pip install --no-deps --force-reinstall . \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 

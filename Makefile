@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export MODELOPS_HOME ?= $(CURDIR)/.modelops
 
-.PHONY: help setup up down status test lint unit fmt bench clean tools
+.PHONY: help setup up down status test lint unit fmt bench clean tools e2e-containers chart-docs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ lint: setup  ## ruff (lint + format check) and mypy on src/
 
 test: setup tools lint  ## the whole suite
 	$(BIN)/pytest
+
+e2e-containers: setup tools  ## the chart's workloads in podman containers, end to end (root + podman)
+	$(BIN)/pytest tests/containers -v
+
+chart-docs: setup  ## regenerate the chart's values.schema.json and README values table
+	$(PY) scripts/values_schema.py
 
 unit: setup  ## fast tests only
 	$(BIN)/pytest tests/unit

@@ -1,0 +1,244 @@
+"""The chart's workloads, as rendered, running for real in podman containers.
+
+No cluster can run here and no image can be pulled, but rootful podman works: the harness
+(tests/containers/kube.py) runs every workload `helm template` renders with the same image, command, args,
+env, secrets, volumes, users and probes, and each Service name as a network alias. MinIO is replaced by
+moto in server mode (externalS3), because no MinIO image or binary is obtainable here; PostgreSQL is the
+chart's own StatefulSet running an image built from Debian's postgresql package.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART
+from tests.containers import podman as pm
+from tests.containers.kube import Cluster
+from tests.tools import tool_path
+
+RELEASE = "e2e"
+VALUES = CHART / "ci" / "containers-values.yaml"
+MOTO_KEYS = {"access-key-id": "e2e-access-key", "secret-access-key": "e2e-secret-key-not-a-real-one"}
+
+pytestmark = pytest.mark.containers
+
+
+def render() -> list[dict[str, Any]]:
+    helm = tool_path("helm")
+    if helm is None:
+        pytest.skip("helm not found: run `python -m tests.tools`")
+    out = subprocess.run(
+        [str(helm), "template", RELEASE, str(CHART), "--namespace", "e2e", "-f", str(VALUES)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    reason = pm.usable()
+    if reason:
+        pytest.skip(f"container end-to-end test skipped: {reason}")
+    images = pm.build_images()
+    objects = render()
+    # The externalS3 credentials the user would have created as a Secret before installing.
+    objects.append({"kind": "Secret", "metadata": {"name": "moto-credentials"}, "stringData": MOTO_KEYS})
+    cluster = Cluster(objects, prefix=f"mo-{uuid.uuid4().hex[:6]}", namespace="e2e")
+    try:
+        cluster.check_services()
+        pm.podman("network", "create", cluster.network)
+        moto = f"{cluster.prefix}-moto"
+        cluster.containers.append(moto)
+        pm.podman(
+            "run",
+            "-d",
+            "--name",
+            moto,
+            "--network",
+            cluster.network,
+            "--network-alias",
+            "moto",
+            "--label",
+            f"modelops-e2e={cluster.prefix}",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop=ALL",
+            images["moto"],
+        )
+        client = f"{cluster.prefix}-client"
+        cluster.containers.append(client)
+        pm.podman(
+            "run",
+            "-d",
+            "--name",
+            client,
+            "--network",
+            cluster.network,
+            "--user",
+            "10001:10001",
+            "--label",
+            f"modelops-e2e={cluster.prefix}",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop=ALL",
+            "--entrypoint",
+            "sleep",
+            images["app"],
+            "infinity",
+        )
+    except Exception:
+        cluster.teardown()
+        raise
+    yield cluster
+    cluster.teardown()
+
+
+def in_client(cluster: Cluster, code: str) -> Any:
+    """Run Python in the client container on the release's network; returns what it prints as JSON."""
+    result = pm.podman("exec", f"{cluster.prefix}-client", "python3", "-c", code, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def http(
+    cluster: Cluster, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> Any:
+    return in_client(
+        cluster,
+        f"""
+import httpx, json
+r = httpx.request({method!r}, {url!r}, json={body!r}, headers={headers or {}!r}, timeout=60)
+print(json.dumps({{"status": r.status_code, "body": r.json(), "version": r.headers.get("x-model-version")}}))
+""",
+    )
+
+
+def replica_versions(cluster: Cluster) -> list[str | None]:
+    server = next(
+        w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("model-server")
+    )
+    versions = []
+    for pod in cluster.pods(server):
+        name = cluster.container_name(pod, pod.spec["containers"][0])
+        out = pm.podman(
+            "exec",
+            name,
+            "python3",
+            "-c",
+            "import httpx; print(httpx.get('http://127.0.0.1:8000/readyz').json().get('model_version'))",
+            check=False,
+        ).stdout.strip()
+        versions.append(out or None)
+    return versions
+
+
+def wait_replicas(cluster: Cluster, version: str, timeout_s: float = 90) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (seen := replica_versions(cluster)) != [version] * len(seen):
+        assert time.monotonic() < deadline, f"replicas serve {seen}, expected v{version} everywhere"
+        time.sleep(1)
+
+
+def test_install_train_predict_deploy_restart(cluster: Cluster) -> None:
+    try:
+        cluster.install()
+        names = {o["kind"]: o["metadata"]["name"] for o in cluster.objects}
+        prefix = f"{RELEASE}-modelops-stack"
+        assert names["CronJob"] == f"{prefix}-training"
+        server_url = f"http://{prefix}-model-server:8000"
+        mlflow_url = f"http://{prefix}-mlflow:5000"
+
+        # the on-install training produced a champion, and the Service answers /predict
+        wait_replicas(cluster, "1")
+        model = http(cluster, "GET", f"{server_url}/model")["body"]
+        predicted = http(cluster, "POST", f"{server_url}/predict", {"features": model["input_example"]})
+        assert predicted["status"] == 200 and predicted["version"] == "1"
+        assert predicted["body"]["prediction"] in (0, 1)
+
+        # `helm test`: the chart's own test pods pass under the same security rules
+        assert cluster.run_helm_tests() == [f"{prefix}-smoke-test"]
+
+        # a scheduled run (from the CronJob's template) registers v2; auto-promotion moves the alias on a tie
+        cron = cluster.workloads("CronJob")[0]
+        cluster.run_job_from_cronjob(cron, f"{prefix}-train-now")
+        wait_replicas(cluster, "2")
+
+        # POST /deploy through the Service with the token from the rendered Secret: both replicas converge
+        secret = next(
+            o
+            for o in cluster.objects
+            if o["kind"] == "Secret" and o["metadata"]["name"].endswith("credentials")
+        )
+        import base64
+
+        token = base64.b64decode(secret["data"]["admin-token"]).decode()
+        unauthorized = http(cluster, "POST", f"{server_url}/deploy", {"version": "1"})
+        assert unauthorized["status"] == 401
+        deployed = http(
+            cluster, "POST", f"{server_url}/deploy", {"version": "1"}, {"Authorization": f"Bearer {token}"}
+        )
+        assert deployed["status"] == 200, deployed
+        wait_replicas(cluster, "1")
+
+        # MLflow's backend is PostgreSQL: restart MLflow and the runs are still there
+        runs_query = f"""
+import httpx, json
+r = httpx.post({mlflow_url + "/api/2.0/mlflow/runs/search"!r}, json={{"experiment_ids": ["1"]}}, timeout=30)
+print(json.dumps(len(r.json().get("runs", []))))
+"""
+        before = in_client(cluster, runs_query)
+        assert before == 2
+        mlflow_deployment = next(
+            w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("mlflow")
+        )
+        cluster.restart(cluster.pods(mlflow_deployment)[0])
+        assert in_client(cluster, runs_query) == before
+        postgres = next(
+            w for w in cluster.workloads("StatefulSet") if w["metadata"]["name"].endswith("postgresql")
+        )
+        pg = cluster.container_name(
+            cluster.pods(postgres)[0], postgres["spec"]["template"]["spec"]["containers"][0]
+        )
+        count = pm.podman(
+            "exec",
+            pg,
+            "psql",
+            "-h",
+            "/var/run/postgresql",
+            "-U",
+            "mlflow",
+            "-d",
+            "mlflow",
+            "-tAc",
+            "SELECT count(*) FROM runs",
+        ).stdout.strip()
+        assert count == "2"
+
+        # the model artifacts are in the S3 bucket
+        keys = in_client(
+            cluster,
+            f"""
+import boto3, json
+s3 = boto3.client("s3", endpoint_url="http://moto:5000", aws_access_key_id={MOTO_KEYS["access-key-id"]!r},
+                  aws_secret_access_key={MOTO_KEYS["secret-access-key"]!r}, region_name="us-east-1")
+print(json.dumps([o["Key"] for o in s3.list_objects_v2(Bucket="e2e-artifacts").get("Contents", [])]))
+""",
+        )
+        assert sum(k.endswith("/MLmodel") for k in keys) == 2, keys
+        assert any(k.endswith("reference_stats.json") for k in keys)
+    except BaseException:
+        print(cluster.dump_logs())
+        raise
