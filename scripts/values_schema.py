@@ -33,6 +33,9 @@ FREE_FORM = {
     "podAnnotations",
     "serviceAccount.annotations",
     "training.params",
+    "mlflow.ingress.annotations",
+    "modelServer.ingress.annotations",
+    "minio.ingress.annotations",
 }
 SERVICE_TYPES = ["ClusterIP", "NodePort", "LoadBalancer"]
 PULL_POLICIES = ["Always", "IfNotPresent", "Never"]
@@ -95,6 +98,13 @@ RULES: dict[str, dict[str, Any]] = {
     "postgresql.persistence.size": QUANTITY,
     "minio.persistence.size": QUANTITY,
     "minio.bucket": {"pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
+    "mlflow.httpRoute.hostnames": {"items": {"type": "string"}},
+    "modelServer.httpRoute.hostnames": {"items": {"type": "string"}},
+    "modelServer.autoscaling.minReplicas": {"minimum": 1},
+    "modelServer.autoscaling.maxReplicas": {"minimum": 1},
+    "modelServer.autoscaling.targetCPUUtilizationPercentage": {"minimum": 1, "maximum": 100},
+    "modelServer.preStopSleepS": {"minimum": 0},
+    "modelServer.terminationGracePeriodSeconds": {"minimum": 1},
 }
 # Numbers that may be written as integers or decimals.
 NUMBERS = {

@@ -266,6 +266,10 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     d.add_argument("--wait-s", type=float, default=300)
     d.set_defaults(func=_cmd_db)
+    t = sub.add_parser("smoke-test", help="check a running platform end to end (what `helm test` runs)")
+    t.add_argument("--mlflow-url", required=True)
+    t.add_argument("--server-url", required=True)
+    t.set_defaults(func=_cmd_smoke)
 
 
 def _cmd_create_bucket(args: argparse.Namespace) -> int:
@@ -284,6 +288,14 @@ def _cmd_db(args: argparse.Namespace) -> int:
         print(f"schema: {database.upgrade(args.backend_store_uri, args.wait_s)}")
     else:
         print(f"schema current at {database.wait_for_schema(args.backend_store_uri, args.wait_s)}")
+    return 0
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from modelops.ops import smoke
+
+    smoke.run(args.mlflow_url.rstrip("/"), args.server_url.rstrip("/"))
+    print("smoke test passed")
     return 0
 
 

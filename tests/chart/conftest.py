@@ -13,7 +13,16 @@ from tests.tools import tool_path
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelops-stack"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob"}
+
+
+def values_file(stem: str) -> Path:
+    """One of the CI value sets by name, e.g. values_file("default")."""
+    return CHART / "ci" / f"{stem}-values.yaml"
+
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
+# Kinds from CRDs: the bundled Kubernetes schemas do not know them.
+CRD_GROUPS = ("gateway.networking.k8s.io/", "monitoring.coreos.com/", "external-secrets.io/")
 
 
 @pytest.fixture(scope="session")
@@ -51,12 +60,16 @@ def render(helm: Path) -> Callable[..., list[dict[str, Any]]]:
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "Pod":
+        return obj["spec"]  # type: ignore[no-any-return]
     if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
     return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
 
 def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "Pod":
+        return obj
     if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]  # type: ignore[no-any-return]
     return obj["spec"]["template"]  # type: ignore[no-any-return]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from modelops.settings import ServerSettings, TrainerSettings
-from tests.chart.conftest import CI_VALUES, containers, find
+from tests.chart.conftest import CI_VALUES, containers, find, values_file
 from tests.unit.test_settings_documented import env_names
 
 Render = Callable[..., list[dict[str, Any]]]
@@ -42,7 +42,7 @@ def test_trainer_env(render: Render, values: Any) -> None:
 
 
 def test_tracking_uri_points_at_the_mlflow_service(render: Render) -> None:
-    objects = render(CI_VALUES[0])
+    objects = render(values_file("default"))
     service = find(objects, "Service", "mlflow")
     expected = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
     for kind, component in (("Deployment", "model-server"), ("CronJob", "training")):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.conftest import CI_VALUES, containers, find, pod_spec, pod_template, workloads
+from tests.chart.conftest import CI_VALUES, containers, find, pod_spec, pod_template, values_file, workloads
 
 Render = Callable[..., list[dict[str, Any]]]
 LONG_RUNNING = {"Deployment", "StatefulSet"}
@@ -118,7 +118,7 @@ def test_values_yaml_has_no_default_password() -> None:
 def test_generated_secret_is_kept_and_strong(render: Render) -> None:
     import base64
 
-    objects = render(CI_VALUES[0])
+    objects = render(values_file("default"))
     secret = find(objects, "Secret", "credentials")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert set(secret["data"]) == {
@@ -129,12 +129,12 @@ def test_generated_secret_is_kept_and_strong(render: Render) -> None:
     }
     for key in ("admin-token", "postgres-password", "minio-root-password"):
         assert len(base64.b64decode(secret["data"][key])) >= 24
-    again = find(render(CI_VALUES[0], sets=("tmpSizeLimit=256Mi",)), "Secret", "credentials")
+    again = find(render(values_file("default"), sets=("tmpSizeLimit=256Mi",)), "Secret", "credentials")
     assert again["data"]["admin-token"] != secret["data"]["admin-token"]  # random, not a fixed default
 
 
 def test_existing_secrets_replace_generated_ones(render: Render) -> None:
-    external = next(p for p in CI_VALUES if p.stem == "external-values")
+    external = values_file("external")
     objects = render(external)
     assert not [o for o in objects if o["kind"] == "Secret"]
     server = find(objects, "Deployment", "model-server")
@@ -143,7 +143,7 @@ def test_existing_secrets_replace_generated_ones(render: Render) -> None:
 
 
 def test_node_ports_default_to_the_seed_and_are_omitted_for_cluster_ip(render: Render) -> None:
-    objects = render(CI_VALUES[0])
+    objects = render(values_file("default"))
     ports = {
         o["metadata"]["name"]: o["spec"]["ports"][0].get("nodePort")
         for o in objects
@@ -152,12 +152,12 @@ def test_node_ports_default_to_the_seed_and_are_omitted_for_cluster_ip(render: R
     assert ports["rel-modelops-stack-model-server"] == 30081
     assert ports["rel-modelops-stack-mlflow"] == 30082
     assert ports["rel-modelops-stack-minio-console"] == 30083
-    minimal = render(next(p for p in CI_VALUES if p.stem == "minimal-values"))
+    minimal = render(values_file("minimal"))
     assert all("nodePort" not in o["spec"]["ports"][0] for o in minimal if o["kind"] == "Service")
 
 
 def test_model_server_rolls_out_without_losing_capacity(render: Render) -> None:
-    server = find(render(CI_VALUES[0]), "Deployment", "model-server")
+    server = find(render(values_file("default")), "Deployment", "model-server")
     assert server["spec"]["replicas"] == 2
     assert server["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     readiness = containers(server)[0]["readinessProbe"]["httpGet"]
@@ -165,7 +165,7 @@ def test_model_server_rolls_out_without_losing_capacity(render: Render) -> None:
 
 
 def test_training_cronjob_and_on_install_job(render: Render) -> None:
-    objects = render(CI_VALUES[0])
+    objects = render(values_file("default"))
     cron = next(o for o in objects if o["kind"] == "CronJob")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["suspend"] is False
     job = cron["spec"]["jobTemplate"]["spec"]
@@ -176,12 +176,14 @@ def test_training_cronjob_and_on_install_job(render: Render) -> None:
         o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("training-initial")
     ]
     assert len(initial) == 1
-    params = render(CI_VALUES[0], sets=("training.params.C=0.5", "training.algorithm=random_forest"))
+    params = render(
+        values_file("default"), sets=("training.params.C=0.5", "training.algorithm=random_forest")
+    )
     assert "--param=C=0.5" in containers(next(o for o in params if o["kind"] == "CronJob"))[0]["args"]
 
 
 def test_bucket_hook_and_schema_migration(render: Render) -> None:
-    objects = render(CI_VALUES[0])
+    objects = render(values_file("default"))
     hook = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-bucket"))
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     assert containers(hook)[0]["args"][:3] == ["create-bucket", "--bucket", "mlflow"]

@@ -201,3 +201,37 @@ imagePullPolicy: {{ .Values.image.pullPolicy }}
 securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 {{- end }}
+
+{{/* NetworkPolicy peer: the release's pods of one component */}}
+{{- define "modelops-stack.netpol.peer" -}}
+{{- $root := index . 0 }}{{- $component := index . 1 -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: {{ include "modelops-stack.name" $root }}
+      app.kubernetes.io/instance: {{ $root.Release.Name }}
+      app.kubernetes.io/component: {{ $component }}
+{{- end }}
+
+{{/* Egress to an external database and/or object store (only when they are external) */}}
+{{- define "modelops-stack.netpol.external" -}}
+{{- if or (not .Values.postgresql.enabled) (not .Values.minio.enabled) }}
+- {{- with .Values.networkPolicy.externalServices }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- if not .Values.postgresql.enabled }}
+    - {port: {{ .Values.externalDatabase.port }}, protocol: TCP}
+    {{- end }}
+    {{- if not .Values.minio.enabled }}
+    - {port: 443, protocol: TCP}
+    - {port: 80, protocol: TCP}
+    {{- with .Values.externalS3.endpoint }}
+    {{- $port := regexFind ":[0-9]+$" (trimSuffix "/" .) | trimPrefix ":" }}
+    {{- if $port }}
+    - {port: {{ $port }}, protocol: TCP}
+    {{- end }}
+    {{- end }}
+    {{- end }}
+{{- end }}
+{{- end }}
