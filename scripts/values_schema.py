@@ -148,7 +148,8 @@ def node(path: str, value: Any, docs: dict[str, str]) -> dict[str, Any]:
     key = path.rsplit(".", 1)[-1]
     if key == "resources":
         schema = dict(RESOURCES)
-    elif path in FREE_FORM:
+    elif path in FREE_FORM or value == {}:
+        # Kubernetes pass-through objects and maps that default to empty (labels, annotations, params)
         schema = {"type": "object"}
     elif isinstance(value, dict):
         schema = {

@@ -27,7 +27,7 @@ RELEASE = "e2e"
 VALUES = CHART / "ci" / "containers-values.yaml"
 MOTO_KEYS = {"access-key-id": "e2e-access-key", "secret-access-key": "e2e-secret-key-not-a-real-one"}
 
-pytestmark = pytest.mark.containers
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]  # a cold image build takes minutes
 
 
 def render() -> list[dict[str, Any]]:

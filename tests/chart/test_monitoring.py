@@ -1,0 +1,109 @@
+"""Alert rules pass promtool's checks and unit tests; ServiceMonitors and the dashboard render right."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, values_file
+
+Render = Callable[..., list[dict[str, Any]]]
+MONITORING = (
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.dashboards.enabled=true",
+)
+HERE = Path(__file__).resolve().parent
+
+
+def rules_file(render: Render, directory: Path) -> Path:
+    rule = next(o for o in render(values_file("default"), sets=MONITORING) if o["kind"] == "PrometheusRule")
+    path = directory / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    return path
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not found: apt-get install prometheus (.ci/run does)")
+    return path
+
+
+def test_rules_pass_promtool_check(render: Render, promtool: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules_file(render, tmp_path))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 7 rules found" in result.stdout
+
+
+def test_rules_fire_and_stay_quiet_as_their_unit_tests_say(
+    render: Render, promtool: str, tmp_path: Path
+) -> None:
+    rules_file(render, tmp_path)
+    shutil.copy(HERE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "alerts_test.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_error_ratio_divides_errors_by_all_requests(render: Render) -> None:
+    rule = next(o for o in render(values_file("default"), sets=MONITORING) if o["kind"] == "PrometheusRule")
+    expr = next(
+        r["expr"]
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r["alert"] == "ModelServerErrorRatioHigh"
+    )
+    numerator, denominator = expr.split(" / ")
+    assert 'status=~"5.."' in numerator and "status" not in denominator.split(">")[0]
+
+
+def test_service_monitors_and_dashboard(render: Render) -> None:
+    objects = render(
+        values_file("default"), sets=(*MONITORING, "monitoring.serviceMonitor.labels.release=kps")
+    )
+    monitors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceMonitor"}
+    assert set(monitors) == {"rel-modelops-stack-model-server", "rel-modelops-stack-mlflow"}
+    for monitor in monitors.values():
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    mlflow = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("mlflow")
+    )
+    assert (
+        "--expose-prometheus=/tmp/prometheus" in mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    dashboard = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = json.loads(dashboard["data"]["modelops-model-server.json"])["panels"]
+    titles = {p["title"] for p in panels}
+    assert {
+        "Throughput",
+        "Latency of /predict",
+        "Error ratio (5xx / all requests)",
+        "Rows per request",
+        "Micro-batch size",
+        "Served model version",
+        "Model loads, failures, alias lag",
+    } == titles
+    assert (
+        json.loads((CHART / "files" / "dashboards" / "model-server.json").read_text())["uid"]
+        == "modelops-model-server"
+    )

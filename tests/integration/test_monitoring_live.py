@@ -1,0 +1,155 @@
+"""The chart's dashboard and alert rules against a live model server: every metric they use exists, and a
+real Prometheus (Debian's package) scraping the server as the ServiceMonitor says gets data for every panel."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, values_file
+from tests.integration.conftest import train_version
+from tests.support import Service, free_port, wait_for
+from tests.tools import tool_path
+
+RELEASE, NAMESPACE = "rel", "mlops"
+SERVICE = f"{RELEASE}-modelops-stack-model-server"
+METRIC = re.compile(r"\b(modelops_[a-z_]+)")
+
+
+def render_monitoring() -> list[dict[str, Any]]:
+    helm = tool_path("helm")
+    if helm is None:
+        pytest.skip("helm not found: run `python -m tests.tools`")
+    out = subprocess.run(
+        [
+            str(helm),
+            "template",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "-f",
+            str(values_file("default")),
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+            "--set",
+            "monitoring.serviceMonitor.interval=1s",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((CHART / "files" / "dashboards" / "model-server.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+@pytest.fixture
+def live_server(tracking_server: Service, model_name: str, start_server: Callable[..., Service]) -> str:
+    server = start_server(tracking_server.uri, model_name)  # type: ignore[attr-defined]
+    url: str = server.uri  # type: ignore[attr-defined]
+    # a 5xx (no model yet), then a model, then traffic of every kind
+    assert httpx.post(f"{url}/predict", json={"features": [1.0] * 30}).status_code == 503
+    train_version(tracking_server.uri, model_name)  # type: ignore[attr-defined]
+    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "the model to load")
+    return url
+
+
+def traffic(url: str) -> None:
+    with httpx.Client() as client:
+        for _ in range(20):
+            client.post(f"{url}/predict", json={"instances": [[1.0] * 30] * 3})
+        client.post(f"{url}/predict", json={"features": [1.0]})
+
+
+def test_every_metric_of_the_dashboard_and_rules_exists(live_server: str) -> None:
+    traffic(live_server)
+    exposition = httpx.get(f"{live_server}/metrics").text
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for line in exposition.splitlines()
+        if line and not line.startswith("#")
+    }
+    rule = next(o for o in render_monitoring() if o["kind"] == "PrometheusRule")
+    used = set(METRIC.findall(" ".join(dashboard_queries())))
+    used |= set(METRIC.findall(json.dumps(rule["spec"])))
+    assert len(used) >= 9
+    assert used - exposed == set(), f"used but never exposed: {used - exposed}"
+
+
+def test_prometheus_scrapes_like_the_service_monitor_and_panels_have_data(
+    live_server: str, tmp_path: Path
+) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not found: apt-get install prometheus (.ci/run does)")
+    monitor = next(
+        o for o in render_monitoring() if o["kind"] == "ServiceMonitor" and o["metadata"]["name"] == SERVICE
+    )
+    endpoint = monitor["spec"]["endpoints"][0]
+    target = live_server.removeprefix("http://")
+    config = {
+        "global": {"scrape_interval": endpoint["interval"], "evaluation_interval": endpoint["interval"]},
+        "scrape_configs": [
+            {
+                "job_name": SERVICE,
+                "metrics_path": endpoint["path"],
+                "scrape_interval": endpoint["interval"],
+                # the labels the Prometheus operator puts on targets of this ServiceMonitor
+                "static_configs": [
+                    {"targets": [target], "labels": {"namespace": NAMESPACE, "service": SERVICE}}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1/query"
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, 30, "prometheus")
+        deadline = time.monotonic() + 60
+        missing: list[str] = []
+        while time.monotonic() < deadline:
+            traffic(live_server)
+            missing = []
+            for expr in dashboard_queries():
+                query = expr.replace("$service", ".*").replace("$__rate_interval", "30s")
+                result = httpx.get(api, params={"query": query}).json()
+                assert result["status"] == "success", (query, result)
+                if not result["data"]["result"]:
+                    missing.append(query)
+            if not missing:
+                break
+            time.sleep(2)
+        assert missing == [], "dashboard queries without data:\n" + "\n".join(missing)
+        up = httpx.get(api, params={"query": f'up{{service="{SERVICE}"}}'}).json()["data"]["result"]
+        assert up and up[0]["value"][1] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
