@@ -99,6 +99,7 @@ RULES: dict[str, dict[str, Any]] = {
     "minio.persistence.size": QUANTITY,
     "minio.bucket": {"pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
     "mlflow.httpRoute.hostnames": {"items": {"type": "string"}},
+    "externalSecrets.secretStoreRef.kind": {"enum": ["SecretStore", "ClusterSecretStore"]},
     "modelServer.httpRoute.hostnames": {"items": {"type": "string"}},
     "modelServer.autoscaling.minReplicas": {"minimum": 1},
     "modelServer.autoscaling.maxReplicas": {"minimum": 1},

@@ -104,7 +104,6 @@ def test_network_policies_allow_exactly_the_platform_paths(render: Render) -> No
         ("mlflow", "postgresql", 5432),
         ("db-migrate", "postgresql", 5432),
         ("mlflow", "minio", 9000),
-        ("provisioning", "minio", 9000),
     }
     assert allowed(policies, OUTSIDE, pods["minio"], console) and allowed(
         policies, INTERNET, pods["minio"], console
