@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import VENV_BIN, Service, free_port, mlflow_server  # noqa: E402
+from tests.support import VENV_BIN, Service, free_port, mlflow_server, serve_argv  # noqa: E402
 
 MODEL = "BenchmarkModel"
 LUA = """
@@ -196,16 +196,7 @@ def main() -> int:
                     port,
                     start(
                         f"modelops-{workers}",
-                        [
-                            str(VENV_BIN / "modelops"),
-                            "serve",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(port),
-                            "--workers",
-                            str(workers),
-                        ],
+                        serve_argv(port, workers),
                         "/readyz",
                         {"MLFLOW_TRACKING_URI": uri, "MODELOPS_MODEL_NAME": MODEL},
                         port,

@@ -149,6 +149,20 @@ def mlflow_server(
     return service
 
 
+def serve_argv(port: int, workers: int = 1) -> list[str]:
+    """The command line of a real model server on 127.0.0.1."""
+    return [
+        str(VENV_BIN / "modelops"),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
 def moto_server(tmp: Path) -> Service:
     """moto in server mode: an S3-compatible endpoint on loopback (no MinIO binary is obtainable here)."""
     port = free_port()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from modelops.training.publish import TrainOptions, TrainOutcome, run_training
-from tests.support import VENV_BIN, Service, free_port
+from tests.support import Service, free_port, serve_argv
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 WORSE = ["n_estimators=2", "max_depth=1"]
@@ -57,16 +57,7 @@ def model_server(
     tmp.mkdir(parents=True, exist_ok=True)
     service = Service(
         f"server-{port}",
-        [
-            str(VENV_BIN / "modelops"),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
+        serve_argv(port, workers),
         f"http://127.0.0.1:{port}/healthz",
         tmp,
         env=env,

@@ -19,6 +19,7 @@ import numpy as np
 
 from modelops.serving import metrics
 from modelops.serving.model import LoadedModel, Prediction
+from modelops.serving.tasks import cancel
 
 
 @dataclass
@@ -59,11 +60,8 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     def _queued_rows(self) -> int:
         return sum(len(item.rows) for item in self._queue)

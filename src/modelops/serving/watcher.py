@@ -19,6 +19,7 @@ from modelops.registry import Registry, VersionInfo
 from modelops.serving import metrics
 from modelops.serving.model import LoadedModel, load_model
 from modelops.serving.store import ModelStore
+from modelops.serving.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,5 @@ class AliasWatcher:
         self._task = asyncio.create_task(self.run(), name="alias-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
