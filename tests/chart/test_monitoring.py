@@ -107,3 +107,50 @@ def test_service_monitors_and_dashboard(render: Render) -> None:
         json.loads((CHART / "files" / "dashboards" / "model-server.json").read_text())["uid"]
         == "modelops-model-server"
     )
+
+
+def test_bundled_prometheus_config_and_grafana(render: Render, promtool: str, tmp_path: Path) -> None:
+    objects = render(values_file("monitoring"))
+    config = next(
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-prometheus")
+    )
+    (tmp_path / "rules.yml").write_text(config["data"]["rules.yml"])
+    prometheus_yml = config["data"]["prometheus.yml"].replace(
+        "/etc/prometheus/rules.yml", str(tmp_path / "rules.yml")
+    )
+    (tmp_path / "prometheus.yml").write_text(prometheus_yml)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 7 rules found" in result.stdout
+    scrape = yaml.safe_load(prometheus_yml)["scrape_configs"]
+    assert scrape[0]["dns_sd_configs"][0]["names"] == [
+        "rel-modelops-stack-model-server-headless.mlops.svc.cluster.local"
+    ]
+    headless = next(
+        o
+        for o in objects
+        if o["kind"] == "Service" and o["metadata"]["name"].endswith("model-server-headless")
+    )
+    assert headless["spec"]["clusterIP"] == "None"
+
+    grafana = next(
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-grafana")
+    )
+    shipped = json.loads((CHART / "files" / "dashboards" / "model-server.json").read_text())
+    assert json.loads(grafana["data"]["modelops-model-server.json"]) == shipped
+    assert "http://rel-modelops-stack-prometheus:9090" in grafana["data"]["datasources.yaml"]
+    secret = next(o for o in objects if o["kind"] == "Secret")
+    import base64
+
+    password = base64.b64decode(secret["data"]["grafana-admin-password"]).decode()
+    assert len(password) >= 24 and password != "admin"
+    deployment = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-grafana")
+    )
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GF_SECURITY_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "grafana-admin-password"

@@ -196,3 +196,15 @@ def test_helm_test_pod(render: Render) -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     args = pod["spec"]["containers"][0]["args"]
     assert args[0] == "smoke-test" and "http://rel-modelops-stack-model-server:8000" in args
+
+
+def test_bundled_monitoring_paths(render: Render) -> None:
+    objects = render(values_file("monitoring"))
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    pods = pods_by_component(objects)
+    assert allowed(policies, pods["prometheus"], pods["model-server"], 8000)
+    assert allowed(policies, pods["prometheus"], pods["mlflow"], 5000)
+    assert allowed(policies, pods["grafana"], pods["prometheus"], 9090)
+    assert allowed(policies, OUTSIDE, pods["grafana"], 3000)
+    assert not allowed(policies, OUTSIDE, pods["prometheus"], 9090)
+    assert not allowed(policies, pods["prometheus"], pods["postgresql"], 5432)
