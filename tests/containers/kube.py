@@ -67,6 +67,7 @@ class Cluster:
     namespace: str = "default"
     containers: list[str] = field(default_factory=list)
     volumes: set[str] = field(default_factory=set)
+    started_at: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -335,14 +336,17 @@ class Cluster:
         return result.returncode == 0, f"GET {url}: {(result.stdout + result.stderr).strip()[:400]}"
 
     def wait_ready(self, pod: Pod) -> None:
-        """Each container passes its startup probe, then its readiness probe, within the probes' own budgets."""
+        """Each container passes its startup probe, then its readiness probe. The deadlines are the probes'
+        own allowances counted from the container's start: startup (initialDelay + period x failureThreshold),
+        then readiness on top of it; like a pod that never turns ready within what its probes allow."""
         for container in pod.spec["containers"]:
             name = self.container_name(pod, container)
+            deadline = self.started_at.get(name, time.monotonic())
             for kind in ("startupProbe", "readinessProbe"):
                 probe = container.get(kind)
                 if probe is None:
                     continue
-                deadline = time.monotonic() + _seconds(probe)
+                deadline += _seconds(probe)
                 last = ""
                 while True:
                     if self.exit_code(name) is not None:
@@ -352,8 +356,9 @@ class Cluster:
                         break
                     if time.monotonic() > deadline:
                         raise HarnessError(
-                            f"{name}: {kind} still failing after {_seconds(probe):.0f} s "
-                            f"(its period x failureThreshold); last: {last}\n{self.logs(name)}"
+                            f"{name}: {kind} still failing past its allowance (startup + readiness "
+                            f"period x failureThreshold from the container's start); last: {last}"
+                            f"\n{self.logs(name)}"
                         )
                     time.sleep(probe.get("periodSeconds", 10))
 
@@ -422,6 +427,7 @@ class Cluster:
     def restart(self, pod: Pod) -> None:
         for container in pod.spec["containers"]:
             podman("restart", self.container_name(pod, container))
+            self.started_at[self.container_name(pod, container)] = time.monotonic()
         self.wait_ready(pod)
 
     def teardown(self) -> None:
