@@ -81,6 +81,11 @@ def _is_not_found(exc: BaseException) -> bool:
     )
 
 
+def _missing(exc: BaseException) -> bool:
+    """The server answered that the thing does not exist (not: the server could not be reached)."""
+    return not _is_unreachable(exc) and _is_not_found(exc)
+
+
 class Registry:
     """Registry operations for one registered model and alias."""
 
@@ -158,9 +163,7 @@ class Registry:
             try:
                 mv = self.client.get_model_version_by_alias(self.name, self.alias)
             except Exception as exc:
-                if _is_unreachable(exc):
-                    raise
-                if _is_not_found(exc):
+                if _missing(exc):
                     return None
                 raise
             return self._info(mv)
@@ -174,7 +177,7 @@ class Registry:
             try:
                 mv = self.client.get_model_version(self.name, str(version))
             except Exception as exc:
-                if not _is_unreachable(exc) and _is_not_found(exc):
+                if _missing(exc):
                     raise VersionNotFound(
                         f"model {self.name!r} has no version {version!r}", field="version"
                     ) from exc
@@ -198,7 +201,7 @@ class Registry:
                     f"name = '{self.name}'", max_results=limit, order_by=["version_number DESC"]
                 )
             except Exception as exc:
-                if not _is_unreachable(exc) and _is_not_found(exc):
+                if _missing(exc):
                     return []
                 raise
             # search results carry no aliases: take them from the registered model
@@ -235,13 +238,13 @@ class Registry:
             try:
                 self.client.get_run(run_id)
             except Exception as exc:
-                if not _is_unreachable(exc) and _is_not_found(exc):
+                if _missing(exc):
                     raise VersionNotFound(f"no run {run_id!r}", field="run_id") from exc
                 raise
             try:
                 mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", self.name)
             except Exception as exc:
-                if not _is_unreachable(exc) and _is_not_found(exc):
+                if _missing(exc):
                     raise VersionNotFound(
                         f"run {run_id!r} has no model at '{MODEL_ARTIFACT_PATH}'", field="run_id"
                     ) from exc

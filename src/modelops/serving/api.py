@@ -176,10 +176,10 @@ def load_json(raw: bytes) -> Any:
             raise BadJSON(f"malformed JSON: {exc}") from None
 
 
-def _openapi_body(model: type[Any]) -> dict[str, Any]:
+def _openapi_body(model: type[Any], required: bool = True) -> dict[str, Any]:
     return {
         "requestBody": {
-            "required": True,
+            "required": required,
             "content": {"application/json": {"schema": model.model_json_schema()}},
         }
     }
@@ -294,8 +294,6 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
             model = store.require()
             x, single = parse_predict(body, model, settings.max_request_rows, raw)
         result = await batcher.predict(model, x)
-        metrics.REQUEST_ROWS.observe(len(x))
-        metrics.ROWS_PREDICTED.inc(len(x))
         return json_response(
             predict_response(model, result, single), headers={"x-model-version": model.version}
         )
@@ -359,8 +357,6 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
             model = store.require()
             x, request_id, wanted = parse_v2_infer(body, model, settings.max_request_rows)
         result = await batcher.predict(model, x)
-        metrics.REQUEST_ROWS.observe(len(x))
-        metrics.ROWS_PREDICTED.inc(len(x))
         return json_response(
             v2_response(model, result, request_id, wanted), headers={"x-model-version": model.version}
         )
@@ -419,14 +415,12 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
             )
         return None
 
-    async def serve_and_move(version: str, action: str) -> Response:
+    async def serve_and_move(version: str, action: str, move_alias: Callable[[], object]) -> Response:
         target = await asyncio.to_thread(registry.get_version, version)
         previous = store.current.version if store.current else None
-        # Load and warm here first: a version that cannot load never gets the alias.
-        if action == "deploy":
-            model = await watcher.serve_version(target, lambda: registry.move_alias(target.version))
-        else:
-            model = await watcher.serve_version(target, registry.rollback)
+        # Load and warm here first: the alias moves only once the version serves, so a version that
+        # cannot load never gets it.
+        model = await watcher.serve_version(target, move_alias)
         return json_response(
             {
                 "action": action,
@@ -443,12 +437,7 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
         "/deploy",
         tags=["admin"],
         summary="Move the alias to a version or run (every replica follows)",
-        openapi_extra={
-            "requestBody": {
-                "required": False,
-                "content": {"application/json": {"schema": DeployRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_openapi_body(DeployRequest, required=False),
     )
     async def deploy(request: Request, run_id: str | None = None) -> Response:
         if (denied := authorize(request)) is not None:
@@ -465,14 +454,14 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
             raise InvalidInput("send exactly one of 'version' or 'run_id'", field="version")
         if run is not None:
             version = (await asyncio.to_thread(registry.version_for_run, str(run))).version
-        return await serve_and_move(str(version), "deploy")
+        return await serve_and_move(str(version), "deploy", lambda: registry.move_alias(str(version)))
 
     @app.post("/rollback", tags=["admin"], summary="Move the alias back to its previous holder")
     async def rollback(request: Request) -> Response:
         if (denied := authorize(request)) is not None:
             return denied
         target = await asyncio.to_thread(registry.previous_version)
-        return await serve_and_move(target, "rollback")
+        return await serve_and_move(target, "rollback", registry.rollback)
 
     app.add_middleware(RequestContext, store=store)
     return app

@@ -49,12 +49,16 @@ class MicroBatcher:
             self.arriving -= 1
 
     async def predict(self, model: LoadedModel, rows: np.ndarray) -> Prediction:
+        """Predict `rows` of one request with `model`, possibly together with other requests."""
         if self._task is None:
             self.start()
         future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(model, rows, future))
         self._wakeup.set()
-        return await future
+        result = await future
+        metrics.REQUEST_ROWS.observe(len(rows))
+        metrics.ROWS_PREDICTED.inc(len(rows))
+        return result
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
