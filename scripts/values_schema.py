@@ -57,26 +57,17 @@ RESOURCES: dict[str, Any] = {
         for part in ("requests", "limits")
     },
 }
-RULES: dict[str, dict[str, Any]] = {
+# Rules by what a key is, wherever it stands: every image, Service and port gets them, new ones included.
+SUFFIX_RULES: dict[str, dict[str, Any]] = {
     "image.tag": TAG,
-    "postgresql.image.tag": TAG,
-    "minio.image.tag": TAG,
-    "image.repository": {"minLength": 1},
     "image.pullPolicy": {"enum": PULL_POLICIES},
-    "postgresql.image.pullPolicy": {"enum": PULL_POLICIES},
-    "minio.image.pullPolicy": {"enum": PULL_POLICIES},
-    "mlflow.service.type": {"enum": SERVICE_TYPES},
-    "modelServer.service.type": {"enum": SERVICE_TYPES},
-    "minio.service.type": {"enum": SERVICE_TYPES},
-    "minio.console.type": {"enum": SERVICE_TYPES},
-    "mlflow.service.port": PORT,
-    "modelServer.service.port": PORT,
-    "minio.service.port": PORT,
-    "minio.console.port": PORT,
-    "externalDatabase.port": PORT,
-    "mlflow.service.nodePort": NODE_PORT,
-    "modelServer.service.nodePort": NODE_PORT,
-    "minio.console.nodePort": NODE_PORT,
+    "service.type": {"enum": SERVICE_TYPES},
+    "console.type": {"enum": SERVICE_TYPES},
+    "port": PORT,
+    "nodePort": NODE_PORT,
+}
+RULES: dict[str, dict[str, Any]] = {
+    "image.repository": {"minLength": 1},
     "mlflow.replicas": {"minimum": 0},
     "mlflow.workers": {"minimum": 1},
     "modelServer.replicas": {"minimum": 0},
@@ -100,13 +91,6 @@ RULES: dict[str, dict[str, Any]] = {
     "minio.bucket": {"pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
     "mlflow.httpRoute.hostnames": {"items": {"type": "string"}},
     "externalSecrets.secretStoreRef.kind": {"enum": ["SecretStore", "ClusterSecretStore"]},
-    "monitoring.bundled.prometheus.image.tag": TAG,
-    "monitoring.bundled.grafana.image.tag": TAG,
-    "monitoring.bundled.prometheus.image.pullPolicy": {"enum": PULL_POLICIES},
-    "monitoring.bundled.grafana.image.pullPolicy": {"enum": PULL_POLICIES},
-    "monitoring.bundled.grafana.service.type": {"enum": SERVICE_TYPES},
-    "monitoring.bundled.grafana.service.port": PORT,
-    "monitoring.bundled.grafana.service.nodePort": NODE_PORT,
     "monitoring.bundled.prometheus.storageSizeLimit": QUANTITY,
     "modelServer.httpRoute.hostnames": {"items": {"type": "string"}},
     "modelServer.autoscaling.minReplicas": {"minimum": 1},
@@ -180,6 +164,9 @@ def node(path: str, value: Any, docs: dict[str, str]) -> dict[str, Any]:
         }
     else:
         schema = {"type": "string"}
+    for suffix, rule in SUFFIX_RULES.items():
+        if path == suffix or path.endswith("." + suffix):
+            schema.update(rule)
     schema.update(RULES.get(path, {}))
     if path in docs:
         schema["description"] = docs[path]

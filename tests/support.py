@@ -163,9 +163,9 @@ def serve_argv(port: int, workers: int = 1) -> list[str]:
     ]
 
 
-def moto_server(tmp: Path) -> Service:
+def moto_server(tmp: Path, port: int | None = None) -> Service:
     """moto in server mode: an S3-compatible endpoint on loopback (no MinIO binary is obtainable here)."""
-    port = free_port()
+    port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     argv = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     service = Service("moto", argv, f"http://127.0.0.1:{port}/moto-api/", tmp)

@@ -30,6 +30,10 @@ def rules_file(render: Render, directory: Path) -> Path:
     return path
 
 
+def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, check=False)
+
+
 @pytest.fixture
 def promtool() -> str:
     path = shutil.which("promtool")
@@ -39,12 +43,7 @@ def promtool() -> str:
 
 
 def test_rules_pass_promtool_check(render: Render, promtool: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [promtool, "check", "rules", str(rules_file(render, tmp_path))],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_promtool(promtool, "check", "rules", str(rules_file(render, tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
 
@@ -54,12 +53,7 @@ def test_rules_fire_and_stay_quiet_as_their_unit_tests_say(
 ) -> None:
     rules_file(render, tmp_path)
     shutil.copy(HERE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
-    result = subprocess.run(
-        [promtool, "test", "rules", str(tmp_path / "alerts_test.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_promtool(promtool, "test", "rules", str(tmp_path / "alerts_test.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -119,12 +113,7 @@ def test_bundled_prometheus_config_and_grafana(render: Render, promtool: str, tm
         "/etc/prometheus/rules.yml", str(tmp_path / "rules.yml")
     )
     (tmp_path / "prometheus.yml").write_text(prometheus_yml)
-    result = subprocess.run(
-        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_promtool(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 7 rules found" in result.stdout
     scrape = yaml.safe_load(prometheus_yml)["scrape_configs"]

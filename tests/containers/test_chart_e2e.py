@@ -43,6 +43,27 @@ def render() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
+def side_container(cluster: Cluster, role: str, *args: str) -> None:
+    """A locked-down helper container on the release's network, torn down with the release."""
+    name = f"{cluster.prefix}-{role}"
+    cluster.containers.append(name)
+    pm.podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        cluster.network,
+        "--label",
+        f"modelops-e2e={cluster.prefix}",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--cap-drop=ALL",
+        *args,
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     reason = pm.usable()
@@ -56,46 +77,10 @@ def cluster() -> Iterator[Cluster]:
     try:
         cluster.check_services()
         pm.podman("network", "create", cluster.network)
-        moto = f"{cluster.prefix}-moto"
-        cluster.containers.append(moto)
-        pm.podman(
-            "run",
-            "-d",
-            "--name",
-            moto,
-            "--network",
-            cluster.network,
-            "--network-alias",
-            "moto",
-            "--label",
-            f"modelops-e2e={cluster.prefix}",
-            "--read-only",
-            "--tmpfs",
-            "/tmp",
-            "--cap-drop=ALL",
-            images["moto"],
-        )
-        client = f"{cluster.prefix}-client"
-        cluster.containers.append(client)
-        pm.podman(
-            "run",
-            "-d",
-            "--name",
-            client,
-            "--network",
-            cluster.network,
-            "--user",
-            "10001:10001",
-            "--label",
-            f"modelops-e2e={cluster.prefix}",
-            "--read-only",
-            "--tmpfs",
-            "/tmp",
-            "--cap-drop=ALL",
-            "--entrypoint",
-            "sleep",
-            images["app"],
-            "infinity",
+        # Helpers on the release's network that are not part of the chart: the S3 endpoint and a client.
+        side_container(cluster, "moto", "--network-alias", "moto", images["moto"])
+        side_container(
+            cluster, "client", "--user", "10001:10001", "--entrypoint", "sleep", images["app"], "infinity"
         )
     except Exception:
         cluster.teardown()

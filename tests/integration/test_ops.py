@@ -48,14 +48,7 @@ def test_create_bucket_waits_for_the_object_store(
     )
     assert unreachable == 2 and "not reachable" in capsys.readouterr().err
 
-    from tests.support import VENV_BIN, Service
-
-    late = Service(
-        "moto-late",
-        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        f"http://127.0.0.1:{port}/moto-api/",
-        tmp_path,
-    )
+    late = moto_server(tmp_path, port)
     starter = threading.Timer(2.0, late.start)
     starter.start()
     try:
