@@ -1,24 +1,115 @@
-"""Datasets for training: the built-in breast cancer set, or a CSV from a path, s3:// or http(s)://."""
+"""Datasets for training: the built-in breast cancer set, or a CSV from a path, s3:// or http(s)://.
+
+`--data` is untrusted input that may carry secrets (user-info, a token in the query string): only
+`redact_source(source)` is ever stored, logged or shown. Downloads are bounded in size, time and redirects.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
 
-from modelops.errors import DataError
+from modelops.errors import DataError, InvalidInput
+
+if TYPE_CHECKING:
+    import httpx
 
 BUILTIN = "builtin:breast_cancer"
+DEFAULT_MAX_BYTES = 1 << 30
+"""Default download limit of `load_dataset` (1 GiB); the CLI flag is `--max-bytes`."""
+
+_MAX_REDIRECTS = 5
+_CONNECT_TIMEOUT_S = 10.0
+_READ_TIMEOUT_S = 60.0
+_CHUNK_BYTES = 1 << 20
+# scheme://netloc path, then ?query#fragment; netloc ends where urllib's does (at / ? #).
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<netloc>[^/?#]*)(?P<path>[^?#]*)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+# Loggers that may print a request URL or a Location header while we download.
+_HTTP_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
+
+
+def redact_source(source: str) -> str:
+    """`source` without user-info, query string and fragment: safe to log, store and show.
+
+    `scheme://host[:port]/path` for URLs (s3:// keeps bucket and key); a plain path is returned unchanged.
+    Never raises.
+    """
+    match = _URL.match(source.strip())
+    if match is None:
+        return source
+    host = match["netloc"].rpartition("@")[2]
+    return f"{match['scheme']}://{host}{match['path']}"
+
+
+def _secrets(source: str) -> set[str]:
+    """The parts of a URL that `redact_source` drops, in raw and decoded form."""
+    text = source.strip()
+    match = _URL.match(text)
+    if match is None:
+        return set()
+    userinfo = match["netloc"].rpartition("@")[0]
+    rest = text[match.end() :]
+    query, _, fragment = rest[1:].partition("#") if rest.startswith("?") else ("", "", rest[1:])
+    password = userinfo.partition(":")[2]
+    found = {userinfo, query, fragment, password}
+    return {part for value in found for part in (value, unquote(value)) if part}
+
+
+def _scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every URL in it redacted and every known secret masked."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_source(match.group(0)), text)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+class _HideSecrets(logging.Filter):
+    """Masks secrets of the URL being fetched in this thread's HTTP client log records (`--verbose` shows them)."""
+
+    def __init__(self, secrets: set[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.get_ident() == self.thread:
+            message = record.getMessage()
+            scrubbed = _scrub(message, self.secrets)
+            if scrubbed != message:
+                record.msg, record.args = scrubbed, None
+        return True
+
+
+@contextmanager
+def _hidden_in_logs(secrets: set[str]) -> Iterator[_HideSecrets]:
+    hide = _HideSecrets(secrets)
+    loggers = [logging.getLogger(name) for name in _HTTP_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(hide)
+    try:
+        yield hide
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hide)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features (all numeric, named columns) and labels, with where they came from."""
+    """Features (all numeric, named columns) and labels, with where they came from (redacted)."""
 
     features: pd.DataFrame
     target: pd.Series
@@ -48,36 +139,143 @@ def _builtin() -> Dataset:
     return Dataset(features, frame["target"], BUILTIN, "breast_cancer", digest)
 
 
-def _read_bytes(source: str, s3_endpoint_url: str | None) -> bytes:
-    parsed = urlparse(source)
-    if parsed.scheme == "s3":
-        import boto3
-        import botocore.exceptions
+def _too_large(shown: str, max_bytes: int) -> DataError:
+    return DataError(
+        f"{shown} is larger than the download limit of {max_bytes} bytes; raise it with --max-bytes",
+        field="data",
+    )
 
-        client = boto3.client("s3", endpoint_url=s3_endpoint_url)
-        try:
-            body: bytes = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
-            return body
-        except botocore.exceptions.ClientError as exc:
-            raise DataError(f"cannot read {source}: {exc}", field="data") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise DataError(f"cannot read {source}: {exc}", field="data") from exc
-    if parsed.scheme in ("http", "https"):
-        import httpx
 
-        try:
-            response = httpx.get(source, timeout=60, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise DataError(f"cannot download {source}: {exc}", field="data") from exc
-        return response.content
-    path = Path(parsed.path if parsed.scheme == "file" else source)
+def _collect(chunks: Iterable[bytes], shown: str, max_bytes: int) -> bytes:
+    """Join `chunks`, failing as soon as they pass `max_bytes` (declared sizes can lie or be absent)."""
+    parts: list[bytes] = []
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(shown, max_bytes)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _read_file(path: Path, shown: str, max_bytes: int) -> bytes:
     if not path.is_file():
-        raise DataError(f"data file not found: {path}", field="data")
-    return path.read_bytes()
+        raise DataError(f"data file not found: {shown}", field="data")
+    chunk = min(_CHUNK_BYTES, max_bytes + 1)
+    failure = ""
+    try:
+        with path.open("rb") as file:
+            if os.fstat(file.fileno()).st_size > max_bytes:  # the open file, not a name swapped since
+                raise _too_large(shown, max_bytes)
+            return _collect(iter(lambda: file.read(chunk), b""), shown, max_bytes)
+    except OSError as exc:
+        failure = exc.strerror or type(exc).__name__
+    raise DataError(f"cannot read {shown}: {failure}", field="data")
+
+
+def _read_s3(bucket: str, key: str, shown: str, endpoint_url: str | None, max_bytes: int) -> bytes:
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    config = botocore.config.Config(connect_timeout=_CONNECT_TIMEOUT_S, read_timeout=_READ_TIMEOUT_S)
+    client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    # botocore's texts carry the endpoint URL and the key, never the query or user-info of --data (not sent),
+    # but they are scrubbed anyway and raised outside the handler so no unscrubbed exception is chained.
+    failure = ""
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:
+            if int(response.get("ContentLength") or 0) > max_bytes:
+                raise _too_large(shown, max_bytes)
+            return _collect(body.iter_chunks(min(_CHUNK_BYTES, max_bytes + 1)), shown, max_bytes)
+        finally:
+            body.close()
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        failure = _scrub(str(exc))
+    raise DataError(f"cannot read {shown}: {failure}", field="data")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port  # httpx normalises default ports to None
+
+
+def _response_body(response: httpx.Response, shown: str, max_bytes: int) -> bytes:
+    if not response.is_success:
+        raise DataError(
+            f"cannot download {shown}: HTTP {response.status_code} {response.reason_phrase}".rstrip(),
+            field="data",
+        )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(shown, max_bytes)
+    return _collect(response.iter_bytes(), shown, max_bytes)  # as decoded: a gzip bomb is counted
+
+
+def _download(url: str, shown: str, max_bytes: int) -> bytes:
+    """GET `url`, following at most a few redirects on the same origin (scheme, host, port)."""
+    import httpx
+
+    match = _URL.match(url)
+    assert match is not None
+    userinfo, _, host = match["netloc"].rpartition("@")
+    # User-info becomes an explicit Authorization header and the fragment is never sent, so neither is in the
+    # URL httpx logs or puts into its exceptions; what stays secret there (the query) is masked.
+    rest = url[match.end() :]
+    query = rest.partition("#")[0] if rest.startswith("?") else ""
+    target = f"{match['scheme']}://{host}{match['path']}{query}"
+    user, _, password = userinfo.partition(":")
+    auth = httpx.BasicAuth(unquote(user), unquote(password)) if userinfo else None
+    timeout = httpx.Timeout(_READ_TIMEOUT_S, connect=_CONNECT_TIMEOUT_S)
+    failure = ""
+    with _hidden_in_logs(_secrets(url)) as hide, httpx.Client(timeout=timeout) as client:
+        try:
+            request = client.build_request("GET", target)
+            origin = _origin(request.url)
+            for _ in range(_MAX_REDIRECTS + 1):
+                response = client.send(request, auth=auth, stream=True, follow_redirects=False)
+                try:
+                    if response.next_request is None:
+                        return _response_body(response, shown, max_bytes)
+                    request = response.next_request
+                finally:
+                    response.close()
+                hide.secrets |= _secrets(str(request.url))
+                if _origin(request.url) != origin:
+                    raise DataError(
+                        f"{shown} redirects to another host ({redact_source(str(request.url))}); refusing to "
+                        "follow it: pass the final URL as --data if you trust it",
+                        field="data",
+                    )
+            raise DataError(f"cannot download {shown}: more than {_MAX_REDIRECTS} redirects", field="data")
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            failure = _scrub(f"{type(exc).__name__}: {exc}", hide.secrets)
+    raise DataError(f"cannot download {shown}: {failure}", field="data")
+
+
+def _read_bytes(source: str, s3_endpoint_url: str | None, max_bytes: int) -> bytes:
+    shown = redact_source(source)
+    url = source.strip()
+    match = _URL.match(url)
+    scheme = match["scheme"].lower() if match else ""
+    if match is not None and scheme == "s3":
+        userinfo, _, bucket = match["netloc"].rpartition("@")
+        if userinfo:
+            raise DataError(
+                f"{shown}: credentials in an s3:// URL are not used; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY instead",
+                field="data",
+            )
+        return _read_s3(bucket, match["path"].lstrip("/"), shown, s3_endpoint_url, max_bytes)
+    if scheme in ("http", "https"):
+        return _download(url, shown, max_bytes)
+    path = Path(urlsplit(url).path if scheme == "file" else source)
+    return _read_file(path, shown, max_bytes)
 
 
 def _frame_from_csv(raw: bytes, source: str, target: str) -> Dataset:
+    """Validate the CSV `raw`; `source` is already redacted."""
     if not raw.strip():
         raise DataError(f"{source} is empty", field="data")
     try:
@@ -115,13 +313,27 @@ def _frame_from_csv(raw: bytes, source: str, target: str) -> Dataset:
             f"target column {target!r} has a single class ({labels.iloc[0]!r}); need at least two",
             field="target",
         )
-    name = Path(urlparse(source).path).stem or "data"
+    name = Path(urlsplit(source).path).stem or "data"
     return Dataset(pd.DataFrame(converted), labels, source, name, _digest(raw))
 
 
-def load_dataset(source: str | None, target: str = "target", s3_endpoint_url: str | None = None) -> Dataset:
-    """Load and validate a dataset. Raises DataError with the offending field on any problem."""
+def load_dataset(
+    source: str | None,
+    target: str = "target",
+    s3_endpoint_url: str | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Dataset:
+    """Load and validate a dataset. Raises DataError with the offending field on any problem.
+
+    Reads at most `max_bytes` from a path, s3:// or http(s)://; http(s) follows redirects only on the same
+    scheme, host and port. `Dataset.source` and every error message carry `redact_source(source)` only.
+    """
     if source in (None, "", BUILTIN, "builtin"):
         return _builtin()
     assert source is not None
-    return _frame_from_csv(_read_bytes(source, s3_endpoint_url), source, target)
+    if max_bytes < 1:
+        raise InvalidInput(
+            f"--max-bytes must be a positive number of bytes, not {max_bytes}", field="max_bytes"
+        )
+    return _frame_from_csv(_read_bytes(source, s3_endpoint_url, max_bytes), redact_source(source), target)
