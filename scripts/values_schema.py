@@ -43,6 +43,7 @@ PORT = {"minimum": 1, "maximum": 65535}
 NODE_PORT = {"minimum": 30000, "maximum": 32767}
 QUANTITY = {"type": ["string", "integer"], "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"}
 TAG = {"minLength": 1, "not": {"const": "latest"}}
+IPV4_CIDRS = {"items": {"type": "string", "pattern": r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$"}}
 RESOURCES: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -98,6 +99,9 @@ RULES: dict[str, dict[str, Any]] = {
     "modelServer.autoscaling.targetCPUUtilizationPercentage": {"minimum": 1, "maximum": 100},
     "modelServer.preStopSleepS": {"minimum": 0},
     "modelServer.terminationGracePeriodSeconds": {"minimum": 1},
+    "networkPolicy.trainerEgress.exceptCidrs": IPV4_CIDRS,
+    "networkPolicy.trainerEgress.clusterCidrs": IPV4_CIDRS,
+    "signing.publicCertificate": {"pattern": "^$|-----BEGIN (CERTIFICATE|PUBLIC KEY)-----"},
 }
 # Numbers that may be written as integers or decimals.
 NUMBERS = {

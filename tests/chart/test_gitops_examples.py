@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import CRD_GROUPS, ROOT, containers, find, values_file
+from tests.chart.conftest import CHART, CRD_GROUPS, ROOT, containers, find, run_helm, values_file
+from tests.chart.test_policies import GENERATED_KEYS
 
 Render = Callable[..., list[dict[str, Any]]]
 EXAMPLES = sorted((ROOT / "examples").glob("values-*.yaml"))
@@ -54,17 +55,32 @@ def test_external_secrets_replace_the_generated_secret(render: Render) -> None:
             "externalSecrets.enabled=true",
             "externalSecrets.secretStoreRef.name=vault",
             "externalSecrets.remoteKey=modelops/prod",
+            "signing.existingSecret=model-signing",
+            "signing.existingPublicConfigMap=model-signing-public",
         ),
     )
     assert not [o for o in objects if o["kind"] == "Secret"]
     external = next(o for o in objects if o["kind"] == "ExternalSecret")
     assert external["spec"]["target"]["name"] == "rel-modelops-stack-credentials"
-    assert {d["secretKey"] for d in external["spec"]["data"]} == {
-        "admin-token",
-        "postgres-password",
-        "minio-root-user",
-        "minio-root-password",
-    }
+    assert {d["secretKey"] for d in external["spec"]["data"]} == GENERATED_KEYS
+
+
+def test_external_secrets_need_a_signing_secret_of_yours(helm: Path) -> None:
+    """Without lookup a generated signing key would change on every render: refused, with what to do."""
+    result = run_helm(
+        helm,
+        "template",
+        "rel",
+        str(CHART),
+        "--set",
+        "externalSecrets.enabled=true",
+        "--set",
+        "externalSecrets.secretStoreRef.name=vault",
+        "--set",
+        "externalSecrets.remoteKey=modelops/prod",
+    )
+    assert result.returncode != 0
+    assert "signing.existingSecret is required when externalSecrets.enabled" in result.stderr
 
 
 @pytest.mark.parametrize("manifest", ["deploy/argocd/application.yaml", "deploy/flux/helmrelease.yaml"])
@@ -77,3 +93,16 @@ def test_gitops_manifests_point_at_this_chart(manifest: str) -> None:
     if app["kind"] == "Application":
         values = app["spec"]["source"]["helm"]["valuesObject"]
         assert values["modelServer"]["auth"]["existingSecret"]  # no lookup under Argo CD
+
+
+def test_argocd_application_generates_no_secret(render: Render, tmp_path: Path) -> None:
+    """Argo CD cannot run lookup: its values must leave nothing for the chart to generate, the signing key
+    pair included (a new key on every sync would make every signed model unverifiable)."""
+    documents = [d for d in yaml.safe_load_all((ROOT / "deploy/argocd/application.yaml").read_text()) if d]
+    values = tmp_path / "argocd-values.yaml"
+    values.write_text(yaml.safe_dump(documents[-1]["spec"]["source"]["helm"]["valuesObject"]))
+    objects = render(values)
+    assert not [o for o in objects if o["kind"] in {"Secret", "ExternalSecret"}]
+    assert not [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("signing-public")
+    ]

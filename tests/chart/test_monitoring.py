@@ -84,7 +84,9 @@ def test_service_monitors_and_dashboard(render: Render) -> None:
     assert (
         "--expose-prometheus=/tmp/prometheus" in mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
     )
-    dashboard = next(o for o in objects if o["kind"] == "ConfigMap")
+    dashboard = next(
+        o for o in objects if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]
+    )
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     panels = json.loads(dashboard["data"]["modelops-model-server.json"])["panels"]
     titles = {p["title"] for p in panels}
@@ -133,7 +135,9 @@ def test_bundled_prometheus_config_and_grafana(render: Render, promtool: str, tm
     shipped = json.loads((CHART / "files" / "dashboards" / "model-server.json").read_text())
     assert json.loads(grafana["data"]["modelops-model-server.json"]) == shipped
     assert "http://rel-modelops-stack-prometheus:9090" in grafana["data"]["datasources.yaml"]
-    secret = next(o for o in objects if o["kind"] == "Secret")
+    secret = next(
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-credentials")
+    )
     import base64
 
     password = base64.b64decode(secret["data"]["grafana-admin-password"]).decode()

@@ -15,6 +15,20 @@ Render = Callable[..., list[dict[str, Any]]]
 LONG_RUNNING = {"Deployment", "StatefulSet"}
 CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL", re.I)
 USERINFO_WITH_PASSWORD = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
+# What the credentials Secret holds with every component in the chart and no existingSecret.
+GENERATED_KEYS = {
+    "admin-token",
+    "postgres-password",
+    "minio-root-user",
+    "minio-root-password",
+    "minio-mlflow-user",
+    "minio-mlflow-password",
+    "mlflow-admin-password",
+    "mlflow-flask-secret-key",
+    "mlflow-trainer-password",
+    "mlflow-model-server-password",
+    "mlflow-operator-password",
+}
 
 
 @pytest.fixture(params=CI_VALUES, ids=lambda p: p.stem)
@@ -120,14 +134,9 @@ def test_generated_secret_is_kept_and_strong(render: Render) -> None:
     objects = render(values_file("default"))
     secret = find(objects, "Secret", "credentials")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert set(secret["data"]) == {
-        "admin-token",
-        "postgres-password",
-        "minio-root-user",
-        "minio-root-password",
-    }
-    for key in ("admin-token", "postgres-password", "minio-root-password"):
-        assert len(base64.b64decode(secret["data"][key])) >= 24
+    assert set(secret["data"]) == GENERATED_KEYS
+    for key in GENERATED_KEYS - {"minio-root-user", "minio-mlflow-user"}:
+        assert len(base64.b64decode(secret["data"][key])) >= 24, key
     again = find(render(values_file("default"), sets=("tmpSizeLimit=256Mi",)), "Secret", "credentials")
     assert again["data"]["admin-token"] != secret["data"]["admin-token"]  # random, not a fixed default
 

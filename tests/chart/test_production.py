@@ -108,10 +108,11 @@ def test_network_policies_allow_exactly_the_platform_paths(render: Render) -> No
     assert allowed(policies, OUTSIDE, pods["minio"], console) and allowed(
         policies, INTERNET, pods["minio"], console
     )
-    # clients from outside reach the model server, MLflow and the console, never the data stores
+    # clients from outside reach the model server and the console, never MLflow (unless listed in
+    # networkPolicy.mlflowClients) or the data stores
     for client in (OUTSIDE, INTERNET):
         assert allowed(policies, client, pods["model-server"], 8000)
-        assert allowed(policies, client, pods["mlflow"], 5000)
+        assert not allowed(policies, client, pods["mlflow"], 5000)
         assert not allowed(policies, client, pods["postgresql"], 5432)
         assert not allowed(policies, client, pods["minio"], 9000)
     # every pod may resolve names, and nothing else leaves the release
@@ -130,6 +131,15 @@ def test_restricted_model_server_clients(render: Render) -> None:
     apps = {"labels": {}, "namespace": "apps", "ns_labels": {"kubernetes.io/metadata.name": "apps"}}
     assert allowed(policies, apps, pods["model-server"], 8000)
     assert allowed(policies, pods["tests"], pods["model-server"], 8000)
+    # MLflow: the ingress controller listed in networkPolicy.mlflowClients, not the model server's clients
+    ingress = {
+        "labels": {"app": "controller"},
+        "namespace": "ingress-nginx",
+        "ns_labels": {"kubernetes.io/metadata.name": "ingress-nginx"},
+    }
+    assert allowed(policies, ingress, pods["mlflow"], 5000)
+    assert not allowed(policies, apps, pods["mlflow"], 5000)
+    assert not allowed(policies, INTERNET, pods["mlflow"], 5000)
 
 
 def test_network_policies_can_be_turned_off(render: Render) -> None:

@@ -100,21 +100,117 @@ helm.sh/chart: {{ include "modelops-stack.chart" $root }}
 {{- if .Values.minio.enabled }}{{ .Values.minio.bucket }}{{ else }}{{ required "externalS3.bucket is required when minio.enabled is false" .Values.externalS3.bucket }}{{ end }}
 {{- end }}
 
-{{/* Secret name and keys holding S3 keys; empty name = no keys (role-based access) */}}
-{{- define "modelops-stack.s3.secretName" -}}
-{{- if .Values.minio.enabled }}
+{{/* MinIO's credentials: the root user (MinIO pod only) and MLflow's bucket-scoped user */}}
+{{- define "modelops-stack.minio.secretName" -}}
 {{- .Values.minio.auth.existingSecret | default (include "modelops-stack.secrets.generatedName" .) }}
+{{- end }}
+{{- define "modelops-stack.minio.rootUserKey" -}}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.userKey }}{{ else }}minio-root-user{{ end }}
+{{- end }}
+{{- define "modelops-stack.minio.rootPasswordKey" -}}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.passwordKey }}{{ else }}minio-root-password{{ end }}
+{{- end }}
+{{- define "modelops-stack.minio.mlflowUserKey" -}}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.mlflowUserKey }}{{ else }}minio-mlflow-user{{ end }}
+{{- end }}
+{{- define "modelops-stack.minio.mlflowPasswordKey" -}}
+{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.mlflowPasswordKey }}{{ else }}minio-mlflow-password{{ end }}
+{{- end }}
+{{- define "modelops-stack.minio.env.root" -}}
+- name: MINIO_ROOT_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "modelops-stack.minio.secretName" . }}
+      key: {{ include "modelops-stack.minio.rootUserKey" . }}
+- name: MINIO_ROOT_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "modelops-stack.minio.secretName" . }}
+      key: {{ include "modelops-stack.minio.rootPasswordKey" . }}
+{{- end }}
+{{/* Name of the MinIO policy that allows the artifact bucket only */}}
+{{- define "modelops-stack.minio.mlflowPolicyName" -}}
+{{- printf "mlflow-artifacts-%s" (include "modelops-stack.s3.bucket" .) }}
+{{- end }}
+
+{{/* Secret name and keys of the S3 keys MLflow uses; empty name = no keys (role-based access). With the
+bundled MinIO these are MLflow's own bucket-scoped user, never the root credentials. */}}
+{{- define "modelops-stack.s3.secretName" -}}
+{{- if .Values.minio.enabled }}{{ include "modelops-stack.minio.secretName" . }}
 {{- else }}{{ .Values.externalS3.existingSecret }}{{ end }}
 {{- end }}
 {{- define "modelops-stack.s3.accessKeyKey" -}}
-{{- if .Values.minio.enabled }}
-{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.userKey }}{{ else }}minio-root-user{{ end }}
+{{- if .Values.minio.enabled }}{{ include "modelops-stack.minio.mlflowUserKey" . }}
 {{- else }}{{ .Values.externalS3.accessKeyIdKey }}{{ end }}
 {{- end }}
 {{- define "modelops-stack.s3.secretKeyKey" -}}
-{{- if .Values.minio.enabled }}
-{{- if .Values.minio.auth.existingSecret }}{{ .Values.minio.auth.passwordKey }}{{ else }}minio-root-password{{ end }}
+{{- if .Values.minio.enabled }}{{ include "modelops-stack.minio.mlflowPasswordKey" . }}
 {{- else }}{{ .Values.externalS3.secretAccessKeyKey }}{{ end }}
+{{- end }}
+
+{{/* MLflow authentication (MLflow's basic-auth app): one principal per role ----------------------- */}}
+{{- define "modelops-stack.mlflowAuth.secretName" -}}
+{{- .Values.mlflow.auth.existingSecret | default (include "modelops-stack.secrets.generatedName" .) }}
+{{- end }}
+{{- define "modelops-stack.mlflowAuth.configMapName" -}}
+{{- include "modelops-stack.component.name" (list . "mlflow-auth") }}
+{{- end }}
+
+{{/* MLFLOW_TRACKING_USERNAME/PASSWORD of one principal: include ... (list . "trainer") */}}
+{{- define "modelops-stack.env.mlflowPrincipal" -}}
+{{- $root := index . 0 }}{{- $user := index . 1 -}}
+- name: MLFLOW_TRACKING_USERNAME
+  value: {{ $user | quote }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "modelops-stack.mlflowAuth.secretName" $root }}
+      key: {{ printf "mlflow-%s-password" $user }}
+{{- end }}
+
+{{/* Model signing: the private key (trainers only) and the certificate that verifies (model servers) -- */}}
+{{- define "modelops-stack.signing.secretName" -}}
+{{- .Values.signing.existingSecret | default (include "modelops-stack.component.name" (list . "signing")) }}
+{{- end }}
+{{- define "modelops-stack.signing.publicConfigMapName" -}}
+{{- .Values.signing.existingPublicConfigMap | default (include "modelops-stack.component.name" (list . "signing-public")) }}
+{{- end }}
+
+{{/* The generated key pair as JSON {"key", "certificate"} (PEM): read back from the existing Secret, else
+generated once per render. Memoized in .Values so the Secret, the public ConfigMap and the checksums of one
+render agree (each include would otherwise generate a new key). */}}
+{{- define "modelops-stack.signing.generated" -}}
+{{- if not (hasKey .Values "_signingGenerated") }}
+{{- $existing := (lookup "v1" "Secret" .Release.Namespace (include "modelops-stack.component.name" (list . "signing"))).data | default dict }}
+{{- $pair := dict }}
+{{- if and (get $existing "private-key.pem") (get $existing "certificate.pem") }}
+{{- $pair = dict "key" (get $existing "private-key.pem" | b64dec) "certificate" (get $existing "certificate.pem" | b64dec) }}
+{{- else }}
+{{- $key := genPrivateKey "ecdsa" }}
+{{- $cert := genSelfSignedCertWithKey "modelops-model-signing" nil nil 3650 $key }}
+{{- $pair = dict "key" $key "certificate" $cert.Cert }}
+{{- end }}
+{{- $_ := set .Values "_signingGenerated" $pair }}
+{{- end }}
+{{- toJson (get .Values "_signingGenerated") }}
+{{- end }}
+
+{{/* The PEM that verifies signatures, when the chart writes the public ConfigMap */}}
+{{- define "modelops-stack.signing.certificate" -}}
+{{- if .Values.signing.existingSecret }}
+{{- required "signing.publicCertificate (or signing.existingPublicConfigMap) is required when signing.existingSecret is set: model servers verify with the public certificate only" .Values.signing.publicCertificate }}
+{{- else }}
+{{- (include "modelops-stack.signing.generated" . | fromJson).certificate }}
+{{- end }}
+{{- end }}
+
+{{/* Changes whenever the key pair changes (the certificate identifies it) */}}
+{{- define "modelops-stack.signing.checksum" -}}
+{{- if .Values.signing.existingSecret }}
+{{- toJson (list .Values.signing.existingSecret .Values.signing.existingPublicConfigMap .Values.signing.publicCertificate) | sha256sum }}
+{{- else }}
+{{- include "modelops-stack.signing.certificate" . | sha256sum }}
+{{- end }}
 {{- end }}
 
 {{/* Environment blocks -------------------------------------------------------------------------------- */}}
@@ -185,10 +281,15 @@ tolerations:
   mountPath: /tmp
 {{- end }}
 
-{{/* Checksums so pods restart when configuration or credentials change */}}
+{{/* Checksums so pods restart when configuration, credentials or the signing key pair change */}}
 {{- define "modelops-stack.podAnnotations" -}}
-checksum/config: {{ toJson (pick .Values "model" "mlflow" "modelServer" "training" "externalS3" "externalDatabase" "image") | sha256sum }}
+{{- $configMaps := list }}
+{{- range $file := list "/mlflow/configmap-auth.yaml" "/minio/configmap-provisioning.yaml" }}
+{{- $configMaps = append $configMaps (include (print $.Template.BasePath $file) $) }}
+{{- end }}
+checksum/config: {{ toJson (list (pick .Values "model" "mlflow" "modelServer" "training" "externalS3" "externalDatabase" "image") $configMaps) | sha256sum }}
 checksum/secret: {{ include (print .Template.BasePath "/secrets/secret.yaml") . | sha256sum }}
+checksum/signing: {{ include "modelops-stack.signing.checksum" . }}
 {{- with .Values.podAnnotations }}
 {{ toYaml . }}
 {{- end }}

@@ -30,10 +30,24 @@ containers:
         value: {{ .Values.training.experiment | quote }}
       - name: MODELOPS_WAIT_S
         value: {{ .Values.training.waitS | quote }}
+      {{- include "modelops-stack.env.mlflowPrincipal" (list . "trainer") | nindent 6 }}
+      - name: MODELOPS_SIGNING_KEY_PATH
+        value: /etc/modelops/signing/private-key.pem
     resources:
       {{- toYaml .Values.training.resources | nindent 6 }}
     volumeMounts:
       {{- include "modelops-stack.tmpMount" . | nindent 6 }}
+      - name: signing-key
+        mountPath: /etc/modelops/signing
+        readOnly: true
 volumes:
   {{- include "modelops-stack.tmpVolume" . | nindent 2 }}
+  # the private key only (not the certificate): the one pod that signs models
+  - name: signing-key
+    secret:
+      secretName: {{ include "modelops-stack.signing.secretName" . }}
+      items:
+        - key: private-key.pem
+          path: private-key.pem
+          mode: 0440  # owner root, group fsGroup: readable by the trainer's user through its group
 {{- end }}
