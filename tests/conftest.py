@@ -6,21 +6,44 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Service, mlflow_server
+from tests.support import MlflowService, mlflow_server, principal_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """One model-signing key pair; this process (and every process it starts) trains as the `trainer`
+    principal and signs with the private key; model servers verify with the public one."""
+    from modelops.signing import generate_keypair
+
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = folder / "signing-key.pem", folder / "signing-public.pem"
+    generate_keypair(private, public)
+    patch = pytest.MonkeyPatch()
+    for key, value in {
+        **principal_env("trainer"),
+        "MODELOPS_SIGNING_KEY_PATH": str(private),
+        "MODELOPS_SIGNING_PUBLIC_KEY_PATH": str(public),
+    }.items():
+        patch.setenv(key, value)
+    yield private, public
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """One real MLflow tracking server (SQLite, proxied artifacts in tmp) for the whole session."""
-    service = mlflow_server(tmp_path_factory.mktemp("mlflow")).start()
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowService]:
+    """One real MLflow tracking server (SQLite, auth on, proxied artifacts in tmp) for the whole session."""
+    service = mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    service.start()
     yield service
     service.stop()
 
 
 @pytest.fixture
-def model_name() -> str:
-    """A registered model name no other test uses."""
-    return f"test-model-{uuid.uuid4().hex[:8]}"
+def model_name(tracking_server: MlflowService) -> str:
+    """A registered model name no other test uses, created and granted on the session's MLflow."""
+    name = f"test-model-{uuid.uuid4().hex[:8]}"
+    tracking_server.grant(name)
+    return name
 
 
 @pytest.fixture

@@ -68,8 +68,9 @@ class Service:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         timeout_s: float = 90,
+        uri: str = "",
     ) -> None:
-        self.name, self.argv, self.health_url = name, argv, health_url
+        self.name, self.argv, self.health_url, self.uri = name, argv, health_url, uri
         self.log_path = log_dir / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
@@ -111,42 +112,91 @@ class Service:
             return ""
 
 
+# Principals of every test MLflow server (MLflow's basic-auth app, as in the product).
+TEST_PASSWORDS = {
+    "admin": "test-admin-password-0123",
+    "trainer": "test-trainer-password-0123",
+    "model-server": "test-server-password-0123",
+    "operator": "test-operator-password-0123",
+}
+
+
+class MlflowService(Service):
+    """A real `mlflow server --app-name basic-auth` with proxied artifacts and the product's principals."""
+
+    def __init__(
+        self, tmp: Path, port: int, backend_uri: str, artifacts_destination: str, env: dict[str, str]
+    ) -> None:
+        from modelops.auth import auth_config, ensure_users
+
+        self.root = tmp
+        self.backend_uri = backend_uri
+        self.auth_db_uri = f"sqlite:///{tmp / 'basic_auth.db'}"
+        passwords = {k: v for k, v in TEST_PASSWORDS.items() if k != "admin"}
+        ensure_users(self.auth_db_uri, TEST_PASSWORDS["admin"], passwords)
+        (tmp / "basic_auth.ini").write_text(auth_config(self.auth_db_uri))
+        argv = [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            backend_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            artifacts_destination,
+        ]
+        super().__init__(
+            "mlflow",
+            argv,
+            f"http://127.0.0.1:{port}/health",
+            tmp,
+            env={
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "basic_auth.ini"),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": TEST_PASSWORDS["admin"],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-secret-key",
+                **env,
+            },
+            cwd=tmp,
+            uri=f"http://127.0.0.1:{port}",
+        )
+
+    def grant(self, model_name: str) -> None:
+        """Create `model_name` owned by no principal and grant trainer + operator on it (as the chart's
+        `modelops auth bootstrap` does for the configured model)."""
+        from modelops.auth import grant_model
+
+        grant_model(self.auth_db_uri, model_name, self.backend_uri)
+
+
 def mlflow_server(
     tmp: Path,
     port: int | None = None,
     backend_uri: str | None = None,
     artifacts_destination: str | None = None,
     env: dict[str, str] | None = None,
-) -> Service:
-    """A real `mlflow server` (SQLite by default) with proxied artifacts, not yet started."""
-    port = port or free_port()
+) -> MlflowService:
+    """A real `mlflow server` (SQLite by default) with auth and proxied artifacts, not yet started."""
     tmp.mkdir(parents=True, exist_ok=True)
-    argv = [
-        str(VENV_BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        backend_uri or f"sqlite:///{tmp / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        artifacts_destination or str(tmp / "artifacts"),
-    ]
-    service = Service(
-        "mlflow",
-        argv,
-        f"http://127.0.0.1:{port}/health",
+    return MlflowService(
         tmp,
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
-        cwd=tmp,
+        port or free_port(),
+        backend_uri or f"sqlite:///{tmp / 'mlflow.db'}",
+        artifacts_destination or str(tmp / "artifacts"),
+        env or {},
     )
-    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    service.root = tmp  # type: ignore[attr-defined]
-    return service
+
+
+def principal_env(name: str) -> dict[str, str]:
+    """Environment that makes a process (or MLflow's client) authenticate as test principal `name`."""
+    return {"MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": TEST_PASSWORDS[name]}
 
 
 def serve_argv(port: int, workers: int = 1) -> list[str]:
@@ -168,9 +218,7 @@ def moto_server(tmp: Path, port: int | None = None) -> Service:
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     argv = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    service = Service("moto", argv, f"http://127.0.0.1:{port}/moto-api/", tmp)
-    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return service
+    return Service("moto", argv, f"http://127.0.0.1:{port}/moto-api/", tmp, uri=f"http://127.0.0.1:{port}")
 
 
 def modelops(

@@ -11,8 +11,11 @@ from pathlib import Path
 
 from modelops import __version__
 from modelops.errors import InvalidInput, ModelOpsError, RegistryUnavailable
+from modelops.logs import configure_logging
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
+from modelops.training.data import DEFAULT_MAX_BYTES
 
+PROGRESS_COMMANDS = frozenset({"db", "create-bucket", "auth", "smoke-test"})
 EXIT_INPUT = 1
 EXIT_UNREACHABLE = 2
 
@@ -39,14 +42,34 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--metric", default="roc_auc", help="metric compared under --promote auto")
     p.add_argument("--alias", default=defaults.model_alias, help="alias to move")
     p.add_argument("--wait-s", type=float, default=defaults.wait_s, help="how long to wait for MLflow")
+    p.add_argument(
+        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest --data download or file [1 GiB]"
+    )
+    _add_home(p)
     p.add_argument("--output", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_train, settings=defaults)
+
+
+def _trainer_identity(settings: TrainerSettings, home: Path) -> tuple[Path | None]:
+    """Credentials and signing key of the trainer: the environment's, else the local platform's files."""
+    from modelops.auth import TRAINER
+    from modelops.settings import apply_mlflow_credentials
+
+    if settings.tracking_username is None and (home / "credentials" / TRAINER).is_file():
+        apply_mlflow_credentials(TRAINER, (home / "credentials" / TRAINER).read_text().strip())
+    else:
+        apply_mlflow_credentials(settings.tracking_username, settings.tracking_password)
+    key = settings.signing_key_path
+    if key is None and (home / "keys" / "signing-key.pem").is_file():
+        key = home / "keys" / "signing-key.pem"
+    return (key,)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from modelops.training.publish import TrainOptions, run_training
 
     settings: TrainerSettings = args.settings
+    (signing_key,) = _trainer_identity(settings, _home(args))
     options = TrainOptions(
         tracking_uri=args.tracking_uri,
         model_name=args.model_name,
@@ -63,6 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         wait_s=args.wait_s,
         s3_endpoint_url=settings.s3_endpoint_url,
         git_commit=settings.git_commit,
+        signing_key_path=signing_key,
+        max_bytes=args.max_bytes,
     )
     outcome = run_training(options)
     if args.output == "json":
@@ -272,6 +297,61 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.set_defaults(func=_cmd_smoke)
 
 
+def _add_security(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    a = sub.add_parser(
+        "auth", help="MLflow principals (what the chart's MLflow pod runs before MLflow starts)"
+    )
+    a.add_argument(
+        "action", choices=("bootstrap",), help="bootstrap: users, passwords and grants (idempotent)"
+    )
+    a.add_argument(
+        "--database-uri", required=True, help="MLflow auth database, e.g. postgresql+psycopg://..."
+    )
+    a.add_argument(
+        "--backend-store-uri", default=None, help="MLflow tracking database [the same as --database-uri]"
+    )
+    a.add_argument("--model-name", default=TrainerSettings().model_name, help="registered model to grant on")
+    a.set_defaults(func=_cmd_auth)
+    k = sub.add_parser("keys", help="model-signing keys")
+    k.add_argument("action", choices=("generate",), help="a new elliptic-curve (P-256) key pair")
+    k.add_argument(
+        "--private", type=Path, required=True, help="private key PEM to write (mode 0600; the trainer's)"
+    )
+    k.add_argument("--public", type=Path, required=True, help="public key PEM to write (the model servers')")
+    k.set_defaults(func=_cmd_keys)
+
+
+def _cmd_auth(args: argparse.Namespace) -> int:
+    from modelops.auth import MODEL_SERVER, OPERATOR, TRAINER, bootstrap
+    from modelops.settings import AuthBootstrapSettings
+
+    settings = AuthBootstrapSettings()
+    secrets = {
+        TRAINER: settings.auth_trainer_password,
+        MODEL_SERVER: settings.auth_model_server_password,
+        OPERATOR: settings.auth_operator_password,
+    }
+    done = bootstrap(
+        args.database_uri,
+        args.model_name,
+        settings.admin_password.get_secret_value() if settings.admin_password else "",
+        {name: value.get_secret_value() if value else "" for name, value in secrets.items()},
+        backend_store_uri=args.backend_store_uri or args.database_uri,
+    )
+    print("\n".join(done))
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from modelops.signing import generate_keypair
+
+    if args.private.exists():
+        raise InvalidInput(f"{args.private} exists; refusing to overwrite a signing key", field="private")
+    generate_keypair(args.private, args.public)
+    print(f"private key {args.private} (give it to the trainer only), public key {args.public}")
+    return 0
+
+
 def _cmd_create_bucket(args: argparse.Namespace) -> int:
     from modelops.ops.bucket import ensure_bucket
 
@@ -308,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
-    registrars: list[Registrar] = [_add_train, _add_serve, _add_up, _add_client, _add_ops]
+    registrars: list[Registrar] = [_add_train, _add_serve, _add_up, _add_client, _add_ops, _add_security]
     for add in registrars:
         add(sub)
     return parser
@@ -318,10 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_mlflow_client_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.verbose:
+        configure_logging(logging.DEBUG)
+    elif args.command == "serve":
+        configure_logging(ServerSettings().log_level)
+    else:
+        # Long-running and provisioning commands say what they wait for; one-shot commands stay quiet.
+        configure_logging(logging.INFO if args.command in PROGRESS_COMMANDS else logging.WARNING)
     try:
         code: int = args.func(args)
         return code

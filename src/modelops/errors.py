@@ -9,9 +9,11 @@ ModelOpsError
 │   ├── RegistryUnavailable   the tracking server cannot be reached
 │   ├── AliasNotFound         no version holds the alias
 │   ├── VersionNotFound       no such model version / run
+│   ├── RegistryForbidden     the registry refused our credential (401/403 from MLflow)
 │   └── NothingToRollBack     the alias has no earlier holder
 └── ModelError
     ├── ModelLoadError        a version could not be downloaded, loaded or warmed up
+    │   └── ModelRefused      a version failed the trust checks (signature, format, types); has `reason`
     └── ModelNotReady         no model is loaded yet
 """
 
@@ -61,6 +63,10 @@ class VersionNotFound(RegistryError):
     code = "not_found"
 
 
+class RegistryForbidden(RegistryError):
+    code = "registry_forbidden"
+
+
 class NothingToRollBack(RegistryError):
     code = "nothing_to_roll_back"
 
@@ -75,3 +81,14 @@ class ModelLoadError(ModelError):
 
 class ModelNotReady(ModelError):
     code = "model_not_ready"
+
+
+class ModelRefused(ModelLoadError):
+    """A version that must never be served: unsigned, signed by another key, tampered, or in a format
+    that could run code. `reason` is a short label for metrics (unsigned, bad_signature, ...)."""
+
+    code = "model_refused"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, field="version")
+        self.reason = reason

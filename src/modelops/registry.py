@@ -13,14 +13,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import SecretStr
 
 from modelops.errors import (
     NothingToRollBack,
     RegistryError,
+    RegistryForbidden,
     RegistryUnavailable,
     VersionNotFound,
 )
-from modelops.settings import RegistrySettings, apply_mlflow_client_defaults
+from modelops.settings import RegistrySettings, apply_mlflow_client_defaults, apply_mlflow_credentials
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +83,70 @@ def _is_not_found(exc: BaseException) -> bool:
     )
 
 
+def _is_forbidden(exc: BaseException) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "401" in str(exc)[:40]
+
+
 def _missing(exc: BaseException) -> bool:
     """The server answered that the thing does not exist (not: the server could not be reached)."""
     return not _is_unreachable(exc) and _is_not_found(exc)
 
 
+class RestWriter:
+    """Registry writes over MLflow's REST API with one explicit principal.
+
+    A model server reads as its read-only principal (MLflow's client, credentials from the environment) and
+    writes, for its admin API only, as the operator: two identities in one process, so writes do not go
+    through MLflow's process-wide credentials."""
+
+    def __init__(self, tracking_uri: str, username: str | None, password: SecretStr | None) -> None:
+        self.base = tracking_uri.rstrip("/") + "/api/2.0/mlflow/"
+        self.username = username
+        self.auth = (username, password.get_secret_value()) if username and password else None
+
+    def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one call; RegistryForbidden on 401/403, VersionNotFound on a missing resource."""
+        try:
+            response = httpx.post(self.base + endpoint, json=body, auth=self.auth, timeout=30)
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(f"MLflow is not reachable: {type(exc).__name__}") from exc
+        if response.status_code < 400:
+            return dict(response.json() or {})
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        message = str(payload.get("message") or response.text[:200])
+        if response.status_code in (401, 403):
+            who = f"principal {self.username!r}" if self.username else "an anonymous client"
+            raise RegistryForbidden(f"MLflow refused {endpoint} for {who} (HTTP {response.status_code})")
+        if payload.get("error_code") == "RESOURCE_DOES_NOT_EXIST" or response.status_code == 404:
+            raise VersionNotFound(message, field="version")
+        raise RegistryError(f"MLflow {endpoint} failed (HTTP {response.status_code}): {message}")
+
+
 class Registry:
     """Registry operations for one registered model and alias."""
 
-    def __init__(self, settings: RegistrySettings) -> None:
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        *,
+        write_username: str | None = None,
+        write_password: SecretStr | None = None,
+    ) -> None:
         apply_mlflow_client_defaults()
+        apply_mlflow_credentials(settings.tracking_username, settings.tracking_password)
         from mlflow.tracking import MlflowClient
 
-        self.settings = settings
         self.tracking_uri = settings.tracking_uri
         self.name = settings.model_name
         self.alias = settings.model_alias
         self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        if write_username is None:
+            write_username, write_password = settings.tracking_username, settings.tracking_password
+        self.writer = RestWriter(settings.tracking_uri, write_username, write_password)
 
     # -- connectivity -------------------------------------------------------------------------------
     def ping(self, timeout_s: float = 5.0) -> None:
@@ -141,6 +190,8 @@ class Registry:
         except Exception as exc:
             if _is_unreachable(exc):
                 raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is not reachable: {exc}") from exc
+            if _is_forbidden(exc):
+                raise RegistryForbidden(f"MLflow refused the registry call: {exc}") from exc
             raise RegistryError(f"registry call failed: {exc}") from exc
 
     # -- reading ------------------------------------------------------------------------------------
@@ -193,7 +244,40 @@ class Registry:
         return self._call(lambda: dict(self.client.get_run(run_id).data.metrics))
 
     def list_versions(self, limit: int = 100) -> list[VersionInfo]:
-        """Registry versions newest first, each with its run's key metrics."""
+        """Registry versions newest first, each with its run's metrics.
+
+        A bounded number of MLflow calls whatever the number of versions: one search for the versions, one
+        read of the registered model (aliases), then the runs in bulk (the experiments, and one run search per
+        200 runs). A run this principal cannot see shows no metrics."""
+        from mlflow.entities import ViewType
+
+        runs_per_search = 200
+
+        def bulk_metrics(run_ids: list[str]) -> dict[str, dict[str, float]]:
+            # Run ids come from the registry: keep only well-formed ones, as they go into a filter string.
+            run_ids = sorted({r for r in run_ids if r.replace("-", "").replace("_", "").isalnum()})
+            if not run_ids:
+                return {}
+            experiment_ids: list[str] = []
+            token: str | None = None
+            while True:  # search_runs needs the experiments; runs of any of them may be registered
+                page = self.client.search_experiments(view_type=ViewType.ALL, page_token=token)
+                experiment_ids += [e.experiment_id for e in page]
+                token = page.token
+                if not token:
+                    break
+            found: dict[str, dict[str, float]] = {}
+            for start in range(0, len(run_ids), runs_per_search):
+                chunk = run_ids[start : start + runs_per_search]
+                quoted = ", ".join(f"'{r}'" for r in chunk)
+                for run in self.client.search_runs(
+                    experiment_ids,
+                    f"attributes.run_id IN ({quoted})",
+                    run_view_type=ViewType.ALL,
+                    max_results=len(chunk),
+                ):
+                    found[run.info.run_id] = dict(run.data.metrics)
+            return found
 
         def get() -> list[VersionInfo]:
             try:
@@ -209,9 +293,10 @@ class Registry:
             if found:
                 for alias, version in (self.client.get_registered_model(self.name).aliases or {}).items():
                     aliases.setdefault(str(version), []).append(alias)
+            metrics = bulk_metrics([mv.run_id for mv in found if mv.run_id])
             return [
                 replace(
-                    self._info(mv, self.run_metrics(mv.run_id)),
+                    self._info(mv, metrics.get(mv.run_id or "")),
                     aliases=tuple(aliases.get(str(mv.version), ())),
                 )
                 for mv in found
@@ -232,30 +317,39 @@ class Registry:
         if existing is not None:
             return existing
 
-        def register() -> VersionInfo:
-            import mlflow
-
+        def source() -> str:
             try:
-                self.client.get_run(run_id)
+                run = self.client.get_run(run_id)
             except Exception as exc:
-                if _missing(exc):
-                    raise VersionNotFound(f"no run {run_id!r}", field="run_id") from exc
-                raise
-            try:
-                mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", self.name)
-            except Exception as exc:
-                if _missing(exc):
+                # MLflow's auth answers "permission denied" for a run that does not exist
+                if _missing(exc) or _is_forbidden(exc):
                     raise VersionNotFound(
-                        f"run {run_id!r} has no model at '{MODEL_ARTIFACT_PATH}'", field="run_id"
+                        f"no run {run_id!r} that this principal can read", field="run_id"
                     ) from exc
                 raise
-            return self._info(mv)
+            return f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
 
-        import mlflow
+        model_source = self._call(source)
+        self.ensure_registered_model()
+        created = self.writer.post(
+            "model-versions/create", {"name": self.name, "source": model_source, "run_id": run_id}
+        )
+        return self.get_version(str(created["model_version"]["version"]))
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return self._call(register)
+    def ensure_registered_model(self) -> None:
+        """Create the registered model if it does not exist yet."""
+
+        def exists() -> bool:
+            try:
+                self.client.get_registered_model(self.name)
+            except Exception as exc:
+                if _missing(exc):
+                    return False
+                raise
+            return True
+
+        if not self._call(exists):
+            self.writer.post("registered-models/create", {"name": self.name})
 
     def _history(self) -> list[str]:
         model = self._call(lambda: self.client.get_registered_model(self.name))
@@ -265,7 +359,7 @@ class Registry:
     def _set_history(self, history: list[str]) -> None:
         value = ",".join(history[-HISTORY_MAX:])
         key = HISTORY_TAG.format(alias=self.alias)
-        self._call(lambda: self.client.set_registered_model_tag(self.name, key, value))
+        self.writer.post("registered-models/set-tag", {"name": self.name, "key": key, "value": value})
 
     def move_alias(self, version: str) -> str | None:
         """Point the alias at `version`, remembering the previous holder. Returns that previous version."""
@@ -306,11 +400,12 @@ class Registry:
         return (current.version if current else None, candidate)
 
     def _set_alias(self, version: str) -> None:
-        self._call(lambda: self.client.set_registered_model_alias(self.name, self.alias, version))
+        self.writer.post(
+            "registered-models/alias", {"name": self.name, "alias": self.alias, "version": version}
+        )
 
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
-        def set_all() -> None:
-            for key, value in tags.items():
-                self.client.set_model_version_tag(self.name, version, key, value)
-
-        self._call(set_all)
+        for key, value in tags.items():
+            self.writer.post(
+                "model-versions/set-tag", {"name": self.name, "version": version, "key": key, "value": value}
+            )

@@ -27,6 +27,15 @@ MLFLOW_CLIENT_DEFAULTS = {
 }
 
 
+def apply_mlflow_credentials(username: str | None, password: SecretStr | str | None) -> None:
+    """Make MLflow's own client (logging, artifact downloads) authenticate as this principal."""
+    if username is None or password is None:
+        return
+    secret = password.get_secret_value() if isinstance(password, SecretStr) else password
+    os.environ["MLFLOW_TRACKING_USERNAME"] = username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = secret
+
+
 def apply_mlflow_client_defaults() -> None:
     """Set fail-fast defaults for the MLflow HTTP client unless the user set them."""
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
@@ -49,6 +58,16 @@ class RegistrySettings(_Base):
     model_alias: str = Field(
         default=DEFAULT_ALIAS, description="Registry alias that marks the served version."
     )
+    tracking_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME", "tracking_username"),
+        description="MLflow principal this process authenticates as (env MLFLOW_TRACKING_USERNAME).",
+    )
+    tracking_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD", "tracking_password"),
+        description="Password of that principal (env MLFLOW_TRACKING_PASSWORD).",
+    )
 
 
 class TrainerSettings(RegistrySettings):
@@ -63,6 +82,9 @@ class TrainerSettings(RegistrySettings):
     )
     git_commit: str | None = Field(
         default=None, description="Source commit to tag runs with (set by the image)."
+    )
+    signing_key_path: Path | None = Field(
+        default=None, description="PEM elliptic-curve private key the trainer signs models with."
     )
 
 
@@ -95,6 +117,45 @@ class ServerSettings(RegistrySettings):
         default=None, description="Where model artifacts are downloaded; a temp folder when unset."
     )
     log_level: str = Field(default="info", description="Log level of the server.")
+    signing_public_key_path: Path | None = Field(
+        default=None,
+        description="PEM public key or certificate that verifies model signatures; required to serve.",
+    )
+    allow_pyfunc_models: bool = Field(
+        default=False,
+        description="Also load python_function-only models (runs code from the artifact: a risk).",
+    )
+    registry_write_username: str | None = Field(
+        default=None, description="MLflow principal the admin API moves the alias with (the operator)."
+    )
+    registry_write_password: SecretStr | None = Field(
+        default=None, description="Password of the admin API's registry principal."
+    )
+    max_concurrent_connections: int = Field(
+        default=1000,
+        ge=2,
+        description="Open connections plus running requests per worker; requests above it get a 503.",
+    )
+    listen_backlog_connections: int = Field(
+        default=2048, gt=0, description="Connections the kernel queues for each worker before accepting."
+    )
+    keep_alive_timeout_s: int = Field(
+        default=75,
+        gt=0,
+        description="How long an idle keep-alive connection stays open (above load balancers' 60 s).",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a client may take to send a request's line and headers."
+    )
+    max_header_bytes: int = Field(
+        default=65536, ge=1024, description="Largest request line plus headers (431 above)."
+    )
+    versions_cache_s: float = Field(
+        default=5.0, ge=0, description="How long a /models/versions answer is reused; 0 disables the cache."
+    )
+    registry_threads: int = Field(
+        default=4, gt=0, description="Threads for registry calls made by HTTP handlers (not predictions)."
+    )
 
 
 class StackSettings(_Base):
@@ -109,6 +170,21 @@ class StackSettings(_Base):
         validation_alias=AliasChoices("MLFLOW_S3_ENDPOINT_URL", "s3_endpoint_url"),
         description="S3 endpoint for an s3:// artifact destination (env MLFLOW_S3_ENDPOINT_URL).",
     )
+
+
+class AuthBootstrapSettings(_Base):
+    """Passwords `modelops auth bootstrap` gives MLflow's principals (the chart sets them from its Secret)."""
+
+    admin_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_AUTH_ADMIN_PASSWORD", "admin_password"),
+        description="Password of MLflow's admin user (env MLFLOW_AUTH_ADMIN_PASSWORD).",
+    )
+    auth_trainer_password: SecretStr | None = Field(default=None, description="Password of `trainer`.")
+    auth_model_server_password: SecretStr | None = Field(
+        default=None, description="Password of `model-server` (read-only)."
+    )
+    auth_operator_password: SecretStr | None = Field(default=None, description="Password of `operator`.")
 
 
 def prometheus_multiproc_dir() -> str | None:

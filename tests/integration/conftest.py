@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from modelops.settings import TrainerSettings
 from modelops.training.publish import TrainOptions, TrainOutcome, run_training
-from tests.support import Service, free_port, serve_argv
+from tests.support import TEST_PASSWORDS, Service, free_port, principal_env, serve_argv
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 WORSE = ["n_estimators=2", "max_depth=1"]
@@ -31,6 +32,7 @@ def train_version(
             promote=promote,
             seed=seed,
             wait_s=10,
+            signing_key_path=TrainerSettings().signing_key_path,
         )
     )
 
@@ -50,20 +52,23 @@ def model_server(
         "MODELOPS_MODEL_NAME": model_name,
         "MODELOPS_POLL_INTERVAL_S": "0.5",
         "MODELOPS_POLL_BACKOFF_MAX_S": "2",
+        # reads as the read-only principal; the admin API writes as the operator (as the chart sets it)
+        **principal_env("model-server"),
+        "MODELOPS_REGISTRY_WRITE_USERNAME": "operator",
+        "MODELOPS_REGISTRY_WRITE_PASSWORD": TEST_PASSWORDS["operator"],
         **(extra_env or {}),
     }
     if admin_token:
         env["MODELOPS_ADMIN_TOKEN"] = admin_token
     tmp.mkdir(parents=True, exist_ok=True)
-    service = Service(
+    return Service(
         f"server-{port}",
         serve_argv(port, workers),
         f"http://127.0.0.1:{port}/healthz",
         tmp,
         env=env,
+        uri=f"http://127.0.0.1:{port}",
     )
-    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return service
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import load_breast_cancer
 
+from modelops.signing import sign_model
 from tests.integration.conftest import ADMIN_TOKEN, WORSE, model_server, train_version
-from tests.support import Service, mlflow_server, wait_for
+from tests.support import MlflowService, Service, mlflow_server, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DATA = load_breast_cancer(as_frame=True)
@@ -47,8 +50,9 @@ def wait_version(url: str, version: str, timeout_s: float = 60) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tracking_server: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tracking_server: MlflowService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     name = f"served-{uuid.uuid4().hex[:8]}"
+    tracking_server.grant(name)
     v1 = train_version(tracking_server.uri, name)  # type: ignore[attr-defined]
     server = model_server(
         tmp_path_factory.mktemp("server"),
@@ -264,7 +268,10 @@ def test_readiness_waits_for_a_champion(
 
 
 def test_deploy_by_version_and_run_then_rollback(
-    tracking_server: Service, model_name: str, start_server: Callable[..., Service]
+    tracking_server: Service,
+    model_name: str,
+    start_server: Callable[..., Service],
+    signing_keys: tuple[Path, Path],
 ) -> None:
     uri = tracking_server.uri  # type: ignore[attr-defined]
     train_version(uri, model_name)
@@ -282,19 +289,26 @@ def test_deploy_by_version_and_run_then_rollback(
     assert MlflowClient(uri).get_model_version_by_alias(model_name, "champion").version == "2"
     assert post(f"{url}/predict", {"features": ROW}).headers["x-model-version"] == "2"
 
-    # A run that was logged but never registered: deploy registers it, then moves the alias.
+    # A run logged with MLflow's own log_model is not signed: deploy refuses it and the alias stays.
     mlflow.set_tracking_uri(uri)
     from sklearn.linear_model import LogisticRegression
 
-    with mlflow.start_run() as run:
-        mlflow.sklearn.log_model(
-            LogisticRegression(max_iter=500).fit(X[:200], DATA.target[:200]),
-            name="model",
-            input_example=DATA.data.head(2),
-        )
+    model = LogisticRegression(max_iter=500).fit(X[:200], DATA.target[:200])
+    with mlflow.start_run() as unsigned:
+        mlflow.sklearn.log_model(model, name="model", input_example=DATA.data.head(2))
+    refused = httpx.post(f"{url}/deploy", params={"run_id": unsigned.info.run_id}, headers=AUTH)
+    assert refused.status_code == 422 and "not signed" in refused.json()["error"]["message"], refused.text
+    assert MlflowClient(uri).get_model_version_by_alias(model_name, "champion").version == "2"
+
+    # A signed run that was logged but never registered: deploy registers it, then moves the alias.
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        mlflow.sklearn.save_model(model, str(folder), input_example=DATA.data.head(2))
+        sign_model(folder, signing_keys[0], model_name=model_name, run_id=run.info.run_id)
+        mlflow.log_artifacts(str(folder), "model")
     by_run = httpx.post(f"{url}/deploy", params={"run_id": run.info.run_id}, headers=AUTH)
     assert by_run.status_code == 200, by_run.text
-    assert by_run.json()["version"] == "3" and by_run.json()["run_id"] == run.info.run_id
+    assert by_run.json()["version"] == "4" and by_run.json()["run_id"] == run.info.run_id
 
     assert post(f"{url}/deploy", {"version": "99"}, AUTH).status_code == 404
     assert post(f"{url}/deploy", {"run_id": "0" * 32}, AUTH).status_code == 404
@@ -308,41 +322,45 @@ def test_deploy_by_version_and_run_then_rollback(
     assert httpx.post(f"{url}/rollback", headers=AUTH).status_code == 409
 
 
-def test_a_version_that_cannot_load_leaves_the_old_one_serving(
-    tracking_server: Service, model_name: str, start_server: Callable[..., Service]
+def test_a_tampered_version_is_refused_and_the_old_one_keeps_serving(
+    tracking_server: MlflowService, model_name: str, start_server: Callable[..., Service]
 ) -> None:
-    uri = tracking_server.uri  # type: ignore[attr-defined]
+    uri = tracking_server.uri
     train_version(uri, model_name)
     broken = train_version(uri, model_name, promote="never", seed=5)
     client = MlflowClient(uri)
-    model_id = client.get_model_version(model_name, broken.version).source.rsplit("/", 1)[-1]  # models:/m-...
-    corrupted = list(tracking_server.root.glob(f"artifacts/**/{model_id}/**/model.skops"))  # type: ignore[attr-defined]
+    # Someone with access to the object store rewrites the signed model file in place.
+    corrupted = list(tracking_server.root.glob(f"artifacts/**/{broken.run_id}/artifacts/model/model.skops"))
     assert corrupted, "the model file of the version to break was not found"
     for path in corrupted:
         path.write_bytes(b"this is not a model")
     server = start_server(uri, model_name)
-    url = server.uri  # type: ignore[attr-defined]
+    url = server.uri
     wait_version(url, "1")
 
     refused = post(f"{url}/deploy", {"version": broken.version}, AUTH)
-    assert refused.status_code == 422 and refused.json()["error"]["code"] == "model_load_failed"
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "model_refused", refused.text
+    assert "differ from its signature" in refused.json()["error"]["message"]
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
 
-    client.set_registered_model_alias(model_name, "champion", broken.version)
+    client.set_registered_model_alias(model_name, "champion", broken.version)  # as the trainer
     wait_for(
-        lambda: "modelops_model_load_failures_total 2.0" in httpx.get(f"{url}/metrics").text,
+        lambda: 'modelops_model_refusals_total{reason="tampered"} 2.0' in httpx.get(f"{url}/metrics").text,
         30,
-        "a second load failure from the watcher",
+        "a second refusal, by the watcher",
     )
     assert ready_version(url) == "1"
     assert post(f"{url}/predict", {"features": ROW}).headers["x-model-version"] == "1"
     assert "modelops_alias_unfollowed_polls" in httpx.get(f"{url}/metrics").text
+    assert f"refused {model_name} v{broken.version} (tampered)" in server.log_path.read_text()
 
 
 def test_mlflow_outage_keeps_serving_and_recovers(
     tmp_path: Any, model_name: str, start_server: Callable[..., Service]
 ) -> None:
-    tracking = mlflow_server(tmp_path / "own-mlflow").start()
+    tracking = mlflow_server(tmp_path / "own-mlflow")
+    tracking.grant(model_name)
+    tracking.start()
     try:
         uri = tracking.uri  # type: ignore[attr-defined]
         train_version(uri, model_name)

@@ -21,6 +21,18 @@ from typing import Any, TextIO
 
 import httpx
 
+from modelops.auth import (
+    ADMIN,
+    FLASK_SECRET,
+    MODEL_SERVER,
+    OPERATOR,
+    TRAINER,
+    auth_config,
+    bootstrap,
+    local_credentials,
+    local_signing_keys,
+    private_dir,
+)
 from modelops.errors import ConfigError, ModelOpsError
 from modelops.local.processes import Child, group_alive, require_free_ports, stop_group
 from modelops.settings import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
@@ -110,13 +122,52 @@ def _python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def _children(config: StackConfig, token: str) -> tuple[Child, Child]:
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists; tighten it if it does."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
+def _secure_registry(config: StackConfig) -> dict[str, str]:
+    """Credentials, signing keys and MLflow's auth database for the local platform (idempotent)."""
+    home = config.home.resolve()
+    credentials = local_credentials(home).all()
+    local_signing_keys(home)
+    if not config.backend_store_uri:
+        _private_file(home / "mlflow.db")
+    auth_db = home / "basic_auth.db"
+    _private_file(auth_db)
+    bootstrap(
+        f"sqlite:///{auth_db}",
+        config.model_name,
+        credentials[ADMIN],
+        {name: credentials[name] for name in (TRAINER, MODEL_SERVER, OPERATOR)},
+        backend_store_uri=config.backend_store_uri or f"sqlite:///{home / 'mlflow.db'}",
+    )
+    ini = home / "basic_auth.ini"
+    _private_file(ini)
+    ini.write_text(auth_config(f"sqlite:///{auth_db}"))
+    return credentials
+
+
+def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> tuple[Child, Child]:
     home = config.home.resolve()
     logs = home / "logs"
     backend = config.backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     artifacts = config.artifacts_destination or str(home / "artifacts")
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MODELOPS_")}
-    mlflow_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MODELOPS_", "MLFLOW_TRACKING_", "MLFLOW_AUTH_"))
+    }
+    mlflow_env = {
+        **base_env,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_AUTH_CONFIG_PATH": str(home / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": credentials[ADMIN],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials[FLASK_SECRET],
+    }
     if config.s3_endpoint_url:
         mlflow_env["MLFLOW_S3_ENDPOINT_URL"] = config.s3_endpoint_url
     mlflow = Child(
@@ -124,6 +175,8 @@ def _children(config: StackConfig, token: str) -> tuple[Child, Child]:
         _python_cmd(
             "mlflow",
             "server",
+            "--app-name",
+            "basic-auth",
             "--host",
             HOST,
             "--port",
@@ -147,6 +200,12 @@ def _children(config: StackConfig, token: str) -> tuple[Child, Child]:
         "MODELOPS_ADMIN_TOKEN": token,
         "MODELOPS_POLL_INTERVAL_S": str(config.poll_interval_s),
         "MODELOPS_MODEL_DIR": str(home / "models"),
+        "MODELOPS_SIGNING_PUBLIC_KEY_PATH": str(home / "keys" / "signing-public.pem"),
+        # follows the alias as the read-only principal; the admin API writes as the operator
+        "MLFLOW_TRACKING_USERNAME": MODEL_SERVER,
+        "MLFLOW_TRACKING_PASSWORD": credentials[MODEL_SERVER],
+        "MODELOPS_REGISTRY_WRITE_USERNAME": OPERATOR,
+        "MODELOPS_REGISTRY_WRITE_PASSWORD": credentials[OPERATOR],
     }
     (home / "models").mkdir(parents=True, exist_ok=True)
     server = Child(
@@ -186,14 +245,20 @@ def _wait_healthy(child: Child, url: str, timeout_s: float, ok: Callable[[httpx.
     )
 
 
-def _ensure_champion(config: StackConfig, progress: Progress) -> str:
-    """The champion version; trains and promotes a first model when there is none."""
+def _ensure_champion(config: StackConfig, progress: Progress, trainer_password: str) -> str:
+    """The champion version; trains (as the trainer principal) and promotes a first model when there is none."""
+    from pydantic import SecretStr
+
     from modelops.registry import Registry
     from modelops.settings import RegistrySettings
 
     registry = Registry(
         RegistrySettings(
-            tracking_uri=config.mlflow_url, model_name=config.model_name, model_alias=config.alias
+            tracking_uri=config.mlflow_url,
+            model_name=config.model_name,
+            model_alias=config.alias,
+            tracking_username=TRAINER,
+            tracking_password=SecretStr(trainer_password),
         )
     )
     champion = registry.alias_version()
@@ -210,6 +275,7 @@ def _ensure_champion(config: StackConfig, progress: Progress) -> str:
         experiment="modelops",
         alias=config.alias,
         wait_s=30,
+        signing_key_path=config.home.resolve() / "keys" / "signing-key.pem",
     )
     # MLflow prints its own progress on stderr: keep it in the log, not on the user's screen.
     with log_path.open("a") as log, contextlib.redirect_stderr(log):
@@ -226,6 +292,7 @@ def summary(config: StackConfig, version: str, example: list[float] | None = Non
         ("Metrics", f"{config.server_url}/metrics"),
         ("Served model", f"{config.model_name} v{version} (alias {config.alias})"),
         ("Admin token", str(token_path)),
+        ("MLflow logins", f"{(config.home / 'credentials').resolve()}/<user> (users: operator, trainer)"),
         ("Logs", str((config.home / "logs").resolve())),
     ]
     width = max(len(k) for k, _ in rows)
@@ -252,9 +319,10 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
             "stop it with `modelops down`)"
         )
     require_free_ports(HOST, {"--mlflow-port": config.mlflow_port, "--server-port": config.server_port})
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     token = admin_token(home)
-    mlflow, server = _children(config, token)
+    credentials = _secure_registry(config)
+    mlflow, server = _children(config, token, credentials)
     started: list[Child] = []
     progress = Progress(out)
     print(f"Starting ModelOps Stack from {home.resolve()}", file=out, flush=True)
@@ -266,7 +334,7 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
             mlflow, f"{config.mlflow_url}/health", config.startup_timeout_s, lambda r: r.status_code == 200
         )
         progress.step("mlflow", "healthy")
-        version = _ensure_champion(config, progress)
+        version = _ensure_champion(config, progress, credentials[TRAINER])
         progress.step("model-server", "starting")
         server.start()
         started.append(server)

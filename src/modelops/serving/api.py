@@ -12,9 +12,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -34,6 +35,7 @@ from modelops.errors import (
     NothingToRollBack,
     PayloadTooLarge,
     RegistryError,
+    RegistryForbidden,
     RegistryUnavailable,
     VersionNotFound,
 )
@@ -53,6 +55,7 @@ from modelops.serving.schemas import (
 from modelops.serving.store import ModelStore
 from modelops.serving.watcher import AliasWatcher
 from modelops.settings import ServerSettings
+from modelops.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ ERROR_STATUS: list[tuple[type[ModelOpsError], int]] = [
     (NothingToRollBack, 409),
     (AliasNotFound, 503),
     (RegistryUnavailable, 503),
+    (RegistryForbidden, 403),
     (RegistryError, 502),
     (ModelNotReady, 503),
     (ModelLoadError, 422),
@@ -76,6 +80,7 @@ ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
     Awaitable[None],
 ]
+T = TypeVar("T")
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -185,19 +190,73 @@ def _openapi_body(model: type[Any], required: bool = True) -> dict[str, Any]:
     }
 
 
+class AnswerCache:
+    """Rendered answers by key for `ttl_s` seconds, each valid only for the `owner` it was made for (e.g. the
+    served model). Concurrent misses on one key share one computation, so a burst costs one registry call."""
+
+    def __init__(self, ttl_s: float, max_keys: int = 64) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self._answers: dict[Hashable, tuple[float, Hashable, bytes]] = {}
+        self._pending: dict[Hashable, tuple[Hashable, asyncio.Future[bytes]]] = {}
+
+    async def get(self, key: Hashable, owner: Hashable, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        hit = self._answers.get(key)
+        if hit is not None and hit[1] == owner and hit[0] > time.monotonic():
+            return hit[2]
+        pending = self._pending.get(key)
+        if pending is None or pending[0] != owner:
+            pending = self._pending[key] = (owner, asyncio.ensure_future(self._compute(key, owner, compute)))
+        # shield: a client that disconnects must not cancel the call the others wait for
+        return await asyncio.shield(pending[1])
+
+    async def _compute(
+        self, key: Hashable, owner: Hashable, compute: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        try:
+            answer = await compute()
+            if self.ttl_s > 0:
+                if len(self._answers) >= self.max_keys:
+                    self._answers.clear()
+                self._answers[key] = (time.monotonic() + self.ttl_s, owner, answer)
+            return answer
+        finally:
+            pending = self._pending.get(key)
+            if pending is not None and pending[1] is asyncio.current_task():
+                del self._pending[key]
+
+
 def create_app(settings: ServerSettings, registry: Registry | None = None) -> FastAPI:
     """Build the model server app. The watcher and batcher start with the app's lifespan."""
-    registry = registry or Registry(settings)
+    verifier = Verifier.from_path(settings.signing_public_key_path)
+    registry = registry or Registry(
+        settings,
+        write_username=settings.registry_write_username,
+        write_password=settings.registry_write_password,
+    )
     if settings.model_dir is not None:
         settings.model_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore()
     watcher = AliasWatcher(
-        store, registry, settings.poll_interval_s, settings.poll_backoff_max_s, settings.model_dir
+        store,
+        registry,
+        settings.poll_interval_s,
+        settings.poll_backoff_max_s,
+        verifier,
+        settings.model_dir,
+        settings.allow_pyfunc_models,
     )
     batcher = MicroBatcher(
         settings.max_batch_rows, settings.max_batch_wait_ms, settings.inline_predict_max_rows
     )
     admin_token = settings.admin_token.get_secret_value().encode() if settings.admin_token else None
+    # Registry calls made by handlers run on their own small pool: a slow MLflow then queues them, never the
+    # predictions, whose threads are the default executor's.
+    registry_pool = ThreadPoolExecutor(settings.registry_threads, thread_name_prefix="registry")
+    versions_cache = AnswerCache(settings.versions_cache_s)
+
+    async def registry_call(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(registry_pool, fn, *args)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -211,6 +270,7 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
         yield
         await watcher.stop()
         await batcher.stop()
+        registry_pool.shutdown(wait=False, cancel_futures=True)
         if store.current is not None:
             store.current.release()
 
@@ -259,24 +319,56 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
     async def healthz() -> Response:
         return json_response({"status": "alive"})
 
-    def readiness() -> tuple[bool, dict[str, Any]]:
+    def public_reason(detail: str) -> str:
+        """A short reason anyone may read: one of a few fixed phrases, never the detail's URLs, file paths or
+        exception text (the detail is in the log, and in /readyz for the admin token)."""
+        text = detail.lower()
+        if text.startswith("starting"):
+            return "starting"
+        if text.startswith("loading"):
+            return "loading model"
+        if "holds alias" in text:
+            return f"no version holds alias {settings.model_alias}"
+        if "not reachable" in text or "not healthy" in text:
+            return "waiting for the registry (not reachable)"
+        if "refused the registry" in text or text.startswith("mlflow refused"):
+            return "waiting for the registry (credentials refused)"
+        if text.startswith("registry call failed"):
+            return "waiting for the registry (error)"
+        return "the version the alias points to cannot be served"
+
+    def has_admin_token(request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return (
+            admin_token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(token.strip().encode(), admin_token)
+        )
+
+    def readiness(detail: bool = False) -> tuple[bool, dict[str, Any]]:
+        """Whether a model serves and, if not, a short reason; `detail` adds the full text for operators."""
         model = store.current
         if model is None:
-            return False, {"status": "not ready", "reason": store.reason}
-        body: dict[str, Any] = {
+            body: dict[str, Any] = {"status": "not ready", "reason": public_reason(store.reason)}
+            if detail:
+                body["detail"] = store.reason
+            return False, body
+        body = {
             "status": "ready",
             "model_name": model.name,
             "model_version": model.version,
             "run_id": model.run_id,
             "alias": settings.model_alias,
         }
-        if watcher.last_error:
-            body["registry_warning"] = watcher.last_error  # serving on; the registry is unwell
+        if watcher.last_error:  # serving on; the registry is unwell
+            body["registry_warning"] = public_reason(watcher.last_error)
+            if detail:
+                body["registry_detail"] = watcher.last_error
         return True, body
 
     @app.get("/readyz", tags=["health"], summary="Readiness: a model is loaded and warmed")
-    async def readyz() -> Response:
-        ready, body = readiness()
+    async def readyz(request: Request) -> Response:
+        ready, body = readiness(detail=has_admin_token(request))
         return json_response(body, 200 if ready else 503)
 
     # -- predictions --------------------------------------------------------------------------------
@@ -380,16 +472,24 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
     async def model_versions(limit: int = 50) -> Response:
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be between 1 and 1000", field="limit")
-        versions = await asyncio.to_thread(registry.list_versions, limit)
-        served = store.current.version if store.current else None
-        return json_response(
-            {
+        model = store.current
+        served = model.version if model else None
+
+        async def compute() -> bytes:
+            versions = await registry_call(registry.list_versions, limit)
+            body = {
                 "model_name": registry.name,
                 "alias": registry.alias,
                 "served_version": served,
                 "versions": [v.to_dict() for v in versions],
             }
-        )
+            return orjson.dumps(body, option=ORJSON_OPTIONS)
+
+        # The answer names the served version: a swap (this process deployed, rolled back or followed the
+        # alias) makes a new one. Other replicas' alias moves show within versions_cache_s.
+        owner = (id(model), served, model.loaded_at) if model else None
+        answer = await versions_cache.get(limit, owner, compute)
+        return Response(answer, media_type="application/json")
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:

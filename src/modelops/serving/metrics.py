@@ -62,6 +62,11 @@ MODEL_LOADED = Gauge(
 )
 MODEL_LOADS = Counter("modelops_model_loads", "Model load attempts by result", ["result"])
 MODEL_LOAD_FAILURES = Counter("modelops_model_load_failures", "Model versions that failed to load or warm up")
+MODEL_REFUSALS = Counter(
+    "modelops_model_refusals",
+    "Versions refused by the trust checks, by reason (unsigned, unknown_key, tampered, pickle, ...)",
+    ["reason"],
+)
 MODEL_LOAD_DURATION = Histogram(
     "modelops_model_load_duration_seconds",
     "Time to download, load and warm a model version",

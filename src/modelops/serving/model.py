@@ -13,10 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from modelops.errors import ModelLoadError
+from modelops.errors import ModelLoadError, ModelRefused
 from modelops.registry import VersionInfo
+from modelops.signing import Verifier
 
 log = logging.getLogger(__name__)
+
+# Types skops may build beyond its own safe defaults. Fixed here, in the server's code: the list an artifact's
+# MLmodel carries (`skops_trusted_types`) is never read, or an artifact could trust `os.system`.
+TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
 
 
 @dataclass(frozen=True)
@@ -44,13 +49,11 @@ class LoadedModel:
     local_dir: Path | None = None
     loaded_at: float = field(default_factory=time.time)
     load_duration_s: float = 0.0
+    verify_duration_s: float = 0.0
 
     @property
     def n_features(self) -> int:
         return len(self.columns)
-
-    def column_index(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.columns)}
 
     def predict(self, x: np.ndarray) -> Prediction:
         return self.predict_fn(x)
@@ -80,6 +83,7 @@ class LoadedModel:
             "input_example": self.example[0].tolist() if len(self.example) else None,
             "loaded_at": self.loaded_at,
             "load_duration_s": round(self.load_duration_s, 3),
+            "verify_duration_s": round(self.verify_duration_s, 4),
         }
 
 
@@ -100,6 +104,61 @@ def _sklearn_predictor(model: Any) -> tuple[Callable[[np.ndarray], Prediction], 
         return Prediction(np.asarray(model.predict(x)), None)
 
     return predict_only, None if classes is None else np.asarray(classes).tolist()
+
+
+def _read_mlmodel(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load((path / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"the model has no readable MLmodel file: {type(exc).__name__}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("flavors"), dict):
+        raise ModelLoadError("the MLmodel file has no flavors")
+    return data
+
+
+def _trusted_flavor(mlmodel: dict[str, Any], allow_pyfunc: bool) -> str:
+    """The flavor we may load without running code from the artifact; ModelRefused otherwise."""
+    flavors: dict[str, Any] = mlmodel["flavors"]
+    if mlmodel.get("code_paths") or any(
+        isinstance(f, dict) and (f.get("code") or f.get("model_code_path")) for f in flavors.values()
+    ):
+        raise ModelRefused("the model ships code (code_paths / models from code)", reason="code")
+    sklearn = flavors.get("sklearn")
+    if isinstance(sklearn, dict):
+        fmt = sklearn.get("serialization_format")
+        if fmt != "skops":
+            raise ModelRefused(
+                f"the sklearn model is serialized as {fmt!r}; only skops is loaded (pickle runs code)",
+                reason="pickle",
+            )
+        loader = (flavors.get("python_function") or {}).get("loader_module")
+        if loader not in (None, "mlflow.sklearn"):
+            raise ModelRefused(f"the model names loader module {loader!r}", reason="code")
+        return "sklearn"
+    if "python_function" in flavors and allow_pyfunc:
+        return "python_function"
+    raise ModelRefused(
+        f"flavors {sorted(flavors)} are not loaded by default: only sklearn saved with skops "
+        "(MODELOPS_ALLOW_PYFUNC_MODELS=true accepts python_function models, which run code)",
+        reason="untrusted_format",
+    )
+
+
+def _load_skops(path: Path, mlmodel: dict[str, Any]) -> Any:
+    import skops.io
+
+    name = str(mlmodel["flavors"]["sklearn"].get("pickled_model", ""))
+    file = (path / name).resolve()
+    if not name or path.resolve() not in file.parents or not file.is_file():
+        raise ModelLoadError(f"the sklearn flavor names no model file inside the artifact ({name!r})")
+    try:
+        return skops.io.load(file, trusted=list(TRUSTED_SKOPS_TYPES))
+    except Exception as exc:
+        if "Untrusted types" in str(exc) or type(exc).__name__ == "UntrustedTypesFoundException":
+            raise ModelRefused(f"the model needs untrusted types: {exc}", reason="untrusted_types") from None
+        raise
 
 
 def _pyfunc_predictor(path: Path, columns: list[str]) -> Callable[[np.ndarray], Prediction]:
@@ -147,9 +206,15 @@ def _columns_and_example(
 
 
 def load_model(
-    version: VersionInfo, tracking_uri: str, metrics: dict[str, float], work_dir: Path | None
+    version: VersionInfo,
+    tracking_uri: str,
+    metrics: dict[str, float],
+    work_dir: Path | None,
+    verifier: Verifier,
+    allow_pyfunc: bool = False,
 ) -> LoadedModel:
-    """Download a registered version through the tracking server, load it natively and warm it up."""
+    """Download a registered version through the tracking server, verify its signature, load it without
+    running code from the artifact, and warm it up. ModelRefused when a trust check fails."""
     import mlflow
     from mlflow.models import Model
 
@@ -163,16 +228,17 @@ def load_model(
                 artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(base)
             )
         )
+        downloaded_s = time.perf_counter() - start
+        verifier.verify(path, model_name=version.name, run_id=version.run_id)
+        verify_s = time.perf_counter() - start - downloaded_s
+        flavor = _trusted_flavor(_read_mlmodel(path), allow_pyfunc)
         mlmodel = Model.load(str(path))
-        if "sklearn" in mlmodel.flavors:
-            import mlflow.sklearn
-
-            native = mlflow.sklearn.load_model(str(path))
+        if flavor == "sklearn":
+            native = _load_skops(path, _read_mlmodel(path))
             predict_fn, classes = _sklearn_predictor(native)
-            flavor = "sklearn"
             n_features = getattr(native, "n_features_in_", None)
         else:
-            classes, flavor, n_features = None, "python_function", None
+            classes, n_features = None, None
         columns, example, signature = _columns_and_example(mlmodel, path, n_features)
         if flavor == "python_function":
             predict_fn = _pyfunc_predictor(path, columns)
@@ -188,6 +254,7 @@ def load_model(
             signature=signature,
             metrics=metrics,
             local_dir=base,
+            verify_duration_s=verify_s,
         )
         loaded.warm_up()
         loaded.load_duration_s = time.perf_counter() - start

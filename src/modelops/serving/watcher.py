@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from modelops.errors import AliasNotFound, ModelLoadError, RegistryError, RegistryUnavailable
+from modelops.errors import AliasNotFound, ModelLoadError, ModelRefused, RegistryError, RegistryUnavailable
 from modelops.registry import Registry, VersionInfo
 from modelops.serving import metrics
 from modelops.serving.model import LoadedModel, load_model
 from modelops.serving.store import ModelStore
 from modelops.serving.tasks import cancel
+from modelops.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,13 @@ class AliasWatcher:
         registry: Registry,
         poll_interval_s: float,
         backoff_max_s: float,
+        verifier: Verifier,
         model_dir: Path | None = None,
+        allow_pyfunc: bool = False,
     ) -> None:
         self.store = store
+        self.verifier = verifier
+        self.allow_pyfunc = allow_pyfunc
         self.registry = registry
         self.poll_interval_s = poll_interval_s
         self.backoff_max_s = backoff_max_s
@@ -46,6 +51,7 @@ class AliasWatcher:
         self.last_error: str | None = None
         self.last_poll_at: float | None = None
         self._unfollowed = 0
+        self._last_alias_version: str | None = None
 
     # -- loading ------------------------------------------------------------------------------------
     async def load(self, version: VersionInfo) -> LoadedModel:
@@ -54,8 +60,26 @@ class AliasWatcher:
         try:
             run_metrics = await asyncio.to_thread(self.registry.run_metrics, version.run_id)
             model = await asyncio.to_thread(
-                load_model, version, self.registry.tracking_uri, run_metrics, self.model_dir
+                load_model,
+                version,
+                self.registry.tracking_uri,
+                run_metrics,
+                self.model_dir,
+                self.verifier,
+                self.allow_pyfunc,
             )
+        except ModelRefused as exc:
+            metrics.MODEL_LOADS.labels("refused").inc()
+            metrics.MODEL_REFUSALS.labels(exc.reason).inc()
+            metrics.MODEL_LOAD_FAILURES.inc()
+            log.warning(
+                "refused %s v%s (%s): %s; the served version is unchanged",
+                version.name,
+                version.version,
+                exc.reason,
+                exc.message,
+            )
+            raise
         except (ModelLoadError, RegistryError) as exc:
             metrics.MODEL_LOADS.labels("failure").inc()
             metrics.MODEL_LOAD_FAILURES.inc()
@@ -112,6 +136,15 @@ class AliasWatcher:
                     f"no version of {self.registry.name!r} holds alias {self.registry.alias!r} yet"
                 )
             current = self.store.current
+            if self._last_alias_version != target.version:
+                log.info(
+                    "alias %r of %s moved: v%s -> v%s",
+                    self.registry.alias,
+                    self.registry.name,
+                    self._last_alias_version or "-",
+                    target.version,
+                )
+                self._last_alias_version = target.version
             if current is None or current.version != target.version:
                 self._unfollowed += 1
                 metrics.ALIAS_UNFOLLOWED_POLLS.set(self._unfollowed)

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from modelops import __version__
-from modelops.errors import InvalidInput
+from modelops.errors import ConfigError, InvalidInput
 from modelops.registry import MODEL_ARTIFACT_PATH, Registry
-from modelops.training.data import BUILTIN, Dataset, load_dataset
+from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, load_dataset
 from modelops.training.train import (
     LOWER_IS_BETTER,
     TrainResult,
@@ -53,6 +53,8 @@ class TrainOptions:
     wait_s: float = 120.0
     s3_endpoint_url: str | None = None
     git_commit: str | None = None
+    signing_key_path: Path | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -128,8 +130,37 @@ def decide(
     return False, f"{metric} {new:.4f} is worse than champion v{champion.version}'s {old:.4f}"
 
 
-def _log_run(result: TrainResult, dataset: Dataset, options: TrainOptions) -> tuple[str, str]:
-    """Log params, metrics, artifacts and the model, registering a version. Returns (run_id, version)."""
+def _log_signed_model(
+    result: TrainResult, example: Any, signature: Any, options: TrainOptions, run_id: str
+) -> None:
+    """Save the model with skops, sign the folder (bound to model name + run), upload it as `model/`."""
+    import tempfile
+
+    import mlflow
+    import mlflow.sklearn
+
+    from modelops.signing import sign_model
+
+    assert options.signing_key_path is not None
+    with tempfile.TemporaryDirectory(prefix="modelops-model-") as tmp:
+        folder = Path(tmp) / MODEL_ARTIFACT_PATH
+        mlflow.sklearn.save_model(
+            result.model,
+            str(folder),
+            serialization_format="skops",
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            skops_trusted_types=list(TRUSTED_TYPES.get(result.algorithm, ())),
+        )
+        sign_model(folder, options.signing_key_path, model_name=options.model_name, run_id=run_id)
+        mlflow.log_artifacts(str(folder), MODEL_ARTIFACT_PATH)
+
+
+def _log_run(
+    result: TrainResult, dataset: Dataset, options: TrainOptions, registry: Registry
+) -> tuple[str, str]:
+    """Log params, metrics, artifacts and the signed model, registering a version. Returns (run_id, version)."""
     import mlflow
     import mlflow.data.pandas_dataset
     from mlflow.models import infer_signature
@@ -173,16 +204,9 @@ def _log_run(result: TrainResult, dataset: Dataset, options: TrainOptions) -> tu
             ),
             context="training",
         )
-        info = mlflow.sklearn.log_model(
-            result.model,
-            name=MODEL_ARTIFACT_PATH,
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pip_requirements(),
-            registered_model_name=options.model_name,
-            skops_trusted_types=list(TRUSTED_TYPES.get(result.algorithm, ())),
-        )
-    return run.info.run_id, str(info.registered_model_version)
+        _log_signed_model(result, example, signature, options, run.info.run_id)
+    version = registry.version_for_run(run.info.run_id).version
+    return run.info.run_id, version
 
 
 def run_training(options: TrainOptions) -> TrainOutcome:
@@ -198,10 +222,16 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         timings[name] = round(now - clock, 3)
         clock = now
 
+    if options.signing_key_path is None or not options.signing_key_path.is_file():
+        raise ConfigError(
+            "no signing key: set MODELOPS_SIGNING_KEY_PATH to the trainer's private key "
+            f"({options.signing_key_path or 'unset'}); model servers load only signed models",
+            field="signing_key_path",
+        )
     if options.promote not in PROMOTE_MODES:
         raise InvalidInput(f"--promote must be one of {', '.join(PROMOTE_MODES)}", field="promote")
     params = parse_params(options.params)
-    dataset = load_dataset(options.data, options.target, options.s3_endpoint_url)
+    dataset = load_dataset(options.data, options.target, options.s3_endpoint_url, max_bytes=options.max_bytes)
     lap("load_data")
     result = fit_and_evaluate(dataset, options.algorithm, params, options.test_size, options.seed)
     if options.metric not in result.metrics:
@@ -222,7 +252,7 @@ def run_training(options: TrainOptions) -> TrainOutcome:
     mlflow.set_tracking_uri(options.tracking_uri)
     mlflow.set_registry_uri(options.tracking_uri)
     lap("connect")
-    run_id, version = _log_run(result, dataset, options)
+    run_id, version = _log_run(result, dataset, options, registry)
     lap("log_register")
 
     champion = registry.alias_version()

@@ -1,0 +1,17 @@
+"""One logging set-up for every process this package starts (CLI commands, server workers)."""
+
+from __future__ import annotations
+
+import logging
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | int) -> None:
+    """Log to stderr at `level` (a name such as "info", or a logging constant)."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+    logging.basicConfig(level=level, format=FORMAT, force=True)
+    # one INFO line per HTTP request would drown what our own code says
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))
