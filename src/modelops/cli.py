@@ -374,7 +374,15 @@ def _cmd_db(args: argparse.Namespace) -> int:
 def _cmd_smoke(args: argparse.Namespace) -> int:
     from modelops.ops import smoke
 
-    smoke.run(args.mlflow_url.rstrip("/"), args.server_url.rstrip("/"))
+    from modelops.settings import RegistrySettings
+
+    settings = RegistrySettings()
+    auth = (
+        (settings.tracking_username, settings.tracking_password.get_secret_value())
+        if settings.tracking_username and settings.tracking_password
+        else None
+    )
+    smoke.run(args.mlflow_url.rstrip("/"), args.server_url.rstrip("/"), auth=auth)
     print("smoke test passed")
     return 0
 

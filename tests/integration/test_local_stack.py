@@ -38,7 +38,13 @@ def curl_body(stdout: str) -> dict:
     return json.loads(line.strip()[4:-1])
 
 
-def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path) -> None:
+def as_principal(monkeypatch: pytest.MonkeyPatch, home: Path, name: str) -> None:
+    """MLflow's client in this process logs in as the local platform's principal `name`."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", name)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", (home / "credentials" / name).read_text().strip())
+
+
+def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     mlflow_port, server_port = free_port(), free_port()
     first = modelops(*up_args(home, mlflow_port, server_port, "--detach"), timeout_s=240)
@@ -55,10 +61,33 @@ def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path) -> None:
         "v1",
         "admin-token",
         "curl -s -X POST",
+        "MLflow logins",
+        str((home / "credentials").resolve()),
     ):
         assert expected in first.stdout, expected
     token_file = home / "admin-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and len(token_file.read_text().strip()) >= 32
+    # generated secrets only, readable by the owner only
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    private = [
+        *(home / "credentials").iterdir(),
+        home / "keys" / "signing-key.pem",
+        home / "mlflow.db",
+        home / "basic_auth.db",
+        home / "basic_auth.ini",
+    ]
+    assert {p.name for p in (home / "credentials").iterdir()} >= {"admin", "trainer", "model-server", "operator"}
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for folder in (home / "credentials", home / "keys"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    passwords = [p.read_text().strip() for p in (home / "credentials").iterdir()]
+    assert len(set(passwords)) == len(passwords) and min(map(len, passwords)) >= 32
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    assert httpx.get(mlflow_url + "/").status_code == 401  # the UI asks for a login
+    operator = ("operator", (home / "credentials" / "operator").read_text().strip())
+    assert httpx.get(mlflow_url + "/", auth=operator).status_code == 200
+    as_principal(monkeypatch, home, "operator")
     state = json.loads((home / "stack.json").read_text())
     pids = list(state["pids"].values())
     try:
@@ -93,6 +122,7 @@ def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path) -> None:
 
     again = modelops(*up_args(home, mlflow_port, server_port, "--detach"), timeout_s=240)
     try:
+        assert {p.read_text().strip() for p in (home / "credentials").iterdir()} == set(passwords)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "first training" not in again.stdout  # the registry survived: no new training
         assert httpx.get(f"http://127.0.0.1:{server_port}/readyz").json()["model_version"] == "1"

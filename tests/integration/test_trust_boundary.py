@@ -299,6 +299,9 @@ def test_an_alias_moved_to_an_unsigned_version_is_not_followed(stack: Stack) -> 
         wait_for(lambda: stack.refusals("unsigned") > before, 30, "the watcher to refuse the version")
         assert stack.served() == "1"
         assert (
+            f"alias 'champion' of {stack.name} moved: v1 -> v{version}" in stack.server.log_path.read_text()
+        )
+        assert (
             httpx.post(f"{stack.url}/predict", json={"features": [0.0] * 30}, timeout=10).headers[
                 "x-model-version"
             ]

@@ -143,12 +143,26 @@ def _secure_registry(config: StackConfig) -> dict[str, str]:
         config.model_name,
         credentials[ADMIN],
         {name: credentials[name] for name in (TRAINER, MODEL_SERVER, OPERATOR)},
-        backend_store_uri=config.backend_store_uri or f"sqlite:///{home / 'mlflow.db'}",
     )
     ini = home / "basic_auth.ini"
     _private_file(ini)
     ini.write_text(auth_config(f"sqlite:///{auth_db}"))
     return credentials
+
+
+def _create_registered_model(config: StackConfig, admin_password: str) -> None:
+    """The registered model, created by the admin so that no principal owns it (see modelops.auth)."""
+    from pydantic import SecretStr
+
+    from modelops.errors import RegistryError
+    from modelops.registry import RestWriter
+
+    writer = RestWriter(config.mlflow_url, ADMIN, SecretStr(admin_password))
+    try:
+        writer.post("registered-models/create", {"name": config.model_name})
+    except RegistryError as exc:
+        if "already exists" not in exc.message:
+            raise
 
 
 def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> tuple[Child, Child]:
@@ -334,6 +348,7 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
             mlflow, f"{config.mlflow_url}/health", config.startup_timeout_s, lambda r: r.status_code == 200
         )
         progress.step("mlflow", "healthy")
+        _create_registered_model(config, credentials[ADMIN])
         version = _ensure_champion(config, progress, credentials[TRAINER])
         progress.step("model-server", "starting")
         server.start()

@@ -15,9 +15,14 @@ class SmokeTestFailed(ModelOpsError):
 
 
 def run(
-    mlflow_url: str, server_url: str, timeout_s: float = 30.0, report: Callable[[str], None] = print
+    mlflow_url: str,
+    server_url: str,
+    timeout_s: float = 30.0,
+    report: Callable[[str], None] = print,
+    auth: tuple[str, str] | None = None,
 ) -> None:
-    """Raise SmokeTestFailed naming the first check that fails."""
+    """Raise SmokeTestFailed naming the first check that fails. `auth`: an MLflow principal (read-only is
+    enough)."""
     with httpx.Client(timeout=timeout_s) as client:
 
         def check(what: str, method: str, url: str, **kwargs: object) -> httpx.Response:
@@ -33,18 +38,28 @@ def run(
             return response
 
         check("MLflow is healthy", "GET", f"{mlflow_url}/health")
-        # Listing the artifact root goes through MLflow's proxy to the bucket: it fails if the bucket is missing.
-        check(
+        ready = check("model server is ready", "GET", f"{server_url}/readyz").json()
+        served = check("model server describes its model", "GET", f"{server_url}/model").json()
+        example = served.get("input_example")
+        # The served version's files, listed through MLflow's proxy: proves the login, the proxy and the bucket.
+        run = check(
+            "MLflow answers with credentials",
+            "GET",
+            f"{mlflow_url}/api/2.0/mlflow/runs/get",
+            params={"run_id": served.get("run_id") or ""},
+            auth=auth,
+        ).json()["run"]
+        artifact_uri = str(run["info"]["artifact_uri"])
+        path = artifact_uri.split("mlflow-artifacts:", 1)[-1].lstrip("/")
+        listed = check(
             "artifact bucket reachable through MLflow",
             "GET",
             f"{mlflow_url}/api/2.0/mlflow-artifacts/artifacts",
-        )
-        ready = check("model server is ready", "GET", f"{server_url}/readyz").json()
-        example = (
-            check("model server describes its model", "GET", f"{server_url}/model")
-            .json()
-            .get("input_example")
-        )
+            params={"path": f"{path}/model"},
+            auth=auth,
+        ).json()
+        if not listed.get("files"):
+            raise SmokeTestFailed(f"the served model's artifacts are missing from the bucket ({path}/model)")
         if not example:
             raise SmokeTestFailed("the served model has no input example to predict on")
         body = check("prediction", "POST", f"{server_url}/predict", json={"features": example}).json()

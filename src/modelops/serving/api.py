@@ -516,7 +516,7 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
         return None
 
     async def serve_and_move(version: str, action: str, move_alias: Callable[[], object]) -> Response:
-        target = await asyncio.to_thread(registry.get_version, version)
+        target = await registry_call(registry.get_version, version)
         previous = store.current.version if store.current else None
         # Load and warm here first: the alias moves only once the version serves, so a version that
         # cannot load never gets it.
@@ -553,14 +553,14 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
         if (version is None) == (run is None):
             raise InvalidInput("send exactly one of 'version' or 'run_id'", field="version")
         if run is not None:
-            version = (await asyncio.to_thread(registry.version_for_run, str(run))).version
+            version = (await registry_call(registry.version_for_run, str(run))).version
         return await serve_and_move(str(version), "deploy", lambda: registry.move_alias(str(version)))
 
     @app.post("/rollback", tags=["admin"], summary="Move the alias back to its previous holder")
     async def rollback(request: Request) -> Response:
         if (denied := authorize(request)) is not None:
             return denied
-        target = await asyncio.to_thread(registry.previous_version)
+        target = await registry_call(registry.previous_version)
         return await serve_and_move(target, "rollback", registry.rollback)
 
     app.add_middleware(RequestContext, store=store)

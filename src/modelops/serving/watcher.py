@@ -136,15 +136,19 @@ class AliasWatcher:
                     f"no version of {self.registry.name!r} holds alias {self.registry.alias!r} yet"
                 )
             current = self.store.current
-            if self._last_alias_version != target.version:
+            if self._last_alias_version is None:
+                log.info(
+                    "alias %r of %s points to v%s", self.registry.alias, self.registry.name, target.version
+                )
+            elif self._last_alias_version != target.version:
                 log.info(
                     "alias %r of %s moved: v%s -> v%s",
                     self.registry.alias,
                     self.registry.name,
-                    self._last_alias_version or "-",
+                    self._last_alias_version,
                     target.version,
                 )
-                self._last_alias_version = target.version
+            self._last_alias_version = target.version
             if current is None or current.version != target.version:
                 self._unfollowed += 1
                 metrics.ALIAS_UNFOLLOWED_POLLS.set(self._unfollowed)
