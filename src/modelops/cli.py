@@ -373,7 +373,6 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
     from modelops.ops import smoke
-
     from modelops.settings import RegistrySettings
 
     settings = RegistrySettings()

@@ -44,7 +44,9 @@ def as_principal(monkeypatch: pytest.MonkeyPatch, home: Path, name: str) -> None
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", (home / "credentials" / name).read_text().strip())
 
 
-def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_status_predict_down_up_keeps_the_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = tmp_path / "home"
     mlflow_port, server_port = free_port(), free_port()
     first = modelops(*up_args(home, mlflow_port, server_port, "--detach"), timeout_s=240)
@@ -76,7 +78,12 @@ def test_up_status_predict_down_up_keeps_the_champion(tmp_path: Path, monkeypatc
         home / "basic_auth.db",
         home / "basic_auth.ini",
     ]
-    assert {p.name for p in (home / "credentials").iterdir()} >= {"admin", "trainer", "model-server", "operator"}
+    assert {p.name for p in (home / "credentials").iterdir()} >= {
+        "admin",
+        "trainer",
+        "model-server",
+        "operator",
+    }
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for folder in (home / "credentials", home / "keys"):
