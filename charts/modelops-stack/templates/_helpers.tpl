@@ -156,6 +156,17 @@ bundled MinIO these are MLflow's own bucket-scoped user, never the root credenti
 {{- include "modelops-stack.component.name" (list . "mlflow-auth") }}
 {{- end }}
 
+{{/* Prometheus scrapes MLflow's /metrics (behind the login) as the read-only model-server principal. The
+ServiceMonitor's basicAuth takes the username from a Secret too, so the chart renders one holding only the
+username (not secret, and independent of where the passwords come from). */}}
+{{- define "modelops-stack.mlflow.scrapeUser" -}}model-server{{- end }}
+{{- define "modelops-stack.mlflow.scrapeSecretName" -}}
+{{- include "modelops-stack.component.name" (list . "mlflow-scrape") }}
+{{- end }}
+{{- define "modelops-stack.mlflow.scrapePasswordKey" -}}
+{{- printf "mlflow-%s-password" (include "modelops-stack.mlflow.scrapeUser" .) }}
+{{- end }}
+
 {{/* MLFLOW_TRACKING_USERNAME/PASSWORD of one principal: include ... (list . "trainer") */}}
 {{- define "modelops-stack.env.mlflowPrincipal" -}}
 {{- $root := index . 0 }}{{- $user := index . 1 -}}
