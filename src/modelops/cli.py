@@ -10,14 +10,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from modelops import __version__
-from modelops.errors import InvalidInput, ModelOpsError, RegistryUnavailable
+from modelops.errors import EXIT_UNHEALTHY, InvalidInput, ModelOpsError, exit_code
 from modelops.logs import configure_logging
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
 from modelops.training.data import DEFAULT_MAX_BYTES
 
 PROGRESS_COMMANDS = frozenset({"db", "create-bucket", "auth", "smoke-test"})
-EXIT_INPUT = 1
-EXIT_UNREACHABLE = 2
 
 
 def _fail(message: str, code: int) -> int:
@@ -193,7 +191,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for name, info in report["components"].items():
             print(f"  {name:<14} {info['process']:<8} {info['health']:<12} {info['url']}")
         print(f"  served model   {report.get('model_name')} v{report['model_version']}")
-    return 0 if report["running"] else 3
+    return 0 if report["running"] else EXIT_UNHEALTHY
 
 
 def _server_url(args: argparse.Namespace) -> str:
@@ -415,11 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except RegistryUnavailable as exc:
-        return _fail(exc.message, EXIT_UNREACHABLE)
-    except InvalidInput as exc:
-        return _fail(exc.message, EXIT_INPUT)
     except ModelOpsError as exc:
-        return _fail(exc.message, EXIT_INPUT)
+        return _fail(exc.message, exit_code(exc))
     except KeyboardInterrupt:
         return 130

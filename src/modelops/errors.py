@@ -1,20 +1,28 @@
-"""Domain errors. No HTTP here: the API layer maps these to status codes in one table.
+"""Domain errors. No HTTP here: the API layer maps these to status codes in one table, the CLI to exit codes in
+EXIT_CODES below (the same order of specificity).
 
 ModelOpsError
-├── ConfigError               a setting or flag is wrong (exit 2 / HTTP 500 never: caught at start-up)
+├── ConfigError               a setting or flag is wrong (caught at start-up)
 ├── InvalidInput              bad input from a user; carries the offending `field`
 │   ├── DataError             training data cannot be used (missing file, bad column, one class...)
 │   └── PayloadTooLarge       body or batch over the configured limit
+├── Unreachable               a service did not answer (connection refused, DNS, timeout)
+│   ├── RegistryUnavailable   the MLflow tracking server (also a RegistryError)
+│   ├── DatabaseUnreachable   PostgreSQL / the backend store
+│   ├── ObjectStoreUnreachable  S3 / MinIO
+│   └── ServerUnreachable     the model server
 ├── RegistryError             talking to the MLflow registry failed
-│   ├── RegistryUnavailable   the tracking server cannot be reached
 │   ├── AliasNotFound         no version holds the alias
 │   ├── VersionNotFound       no such model version / run
 │   ├── RegistryForbidden     the registry refused our credential (401/403 from MLflow)
 │   └── NothingToRollBack     the alias has no earlier holder
-└── ModelError
-    ├── ModelLoadError        a version could not be downloaded, loaded or warmed up
-    │   └── ModelRefused      a version failed the trust checks (signature, format, types); has `reason`
-    └── ModelNotReady         no model is loaded yet
+├── ModelError
+│   ├── ModelLoadError        a version could not be downloaded, loaded or warmed up
+│   │   └── ModelRefused      a version failed the trust checks (signature, format, types); has `reason`
+│   └── ModelNotReady         no model is loaded yet
+├── ServerError               the model server answered with an error (CLI client side)
+├── StartupFailed             a local platform component did not start
+└── SmokeTestFailed           a check of a running platform failed
 """
 
 from __future__ import annotations
@@ -47,12 +55,28 @@ class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
 
 
+class Unreachable(ModelOpsError):
+    code = "unreachable"
+
+
 class RegistryError(ModelOpsError):
     code = "registry_error"
 
 
-class RegistryUnavailable(RegistryError):
+class RegistryUnavailable(RegistryError, Unreachable):
     code = "registry_unavailable"
+
+
+class DatabaseUnreachable(Unreachable):
+    code = "database_unreachable"
+
+
+class ObjectStoreUnreachable(Unreachable):
+    code = "object_store_unreachable"
+
+
+class ServerUnreachable(Unreachable):
+    code = "server_unreachable"
 
 
 class AliasNotFound(RegistryError):
@@ -92,3 +116,34 @@ class ModelRefused(ModelLoadError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message, field="version")
         self.reason = reason
+
+
+class ServerError(ModelOpsError):
+    code = "server_error"
+
+
+class StartupFailed(ModelOpsError):
+    code = "startup_failed"
+
+
+class SmokeTestFailed(ModelOpsError):
+    code = "smoke_test_failed"
+
+
+# The CLI's exit codes, most specific first (mirrors the API's status table): 1 the user can fix the input or
+# the request, 2 a service is unreachable (retry later), 3 a running platform is unhealthy.
+EXIT_OK = 0
+EXIT_INPUT = 1
+EXIT_UNREACHABLE = 2
+EXIT_UNHEALTHY = 3
+EXIT_CODES: list[tuple[type[ModelOpsError], int]] = [
+    (Unreachable, EXIT_UNREACHABLE),
+    (StartupFailed, EXIT_UNHEALTHY),
+    (SmokeTestFailed, EXIT_UNHEALTHY),
+    (ModelOpsError, EXIT_INPUT),
+]
+
+
+def exit_code(exc: ModelOpsError) -> int:
+    """The CLI exit code of a domain error."""
+    return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))

@@ -16,6 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from modelops.errors import (
+    InvalidInput,
     NothingToRollBack,
     RegistryError,
     RegistryForbidden,
@@ -23,6 +24,7 @@ from modelops.errors import (
     VersionNotFound,
 )
 from modelops.settings import RegistrySettings, apply_mlflow_client_defaults, apply_mlflow_credentials
+from modelops.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -59,38 +61,50 @@ class VersionInfo:
         }
 
 
+# The one place MLflow's client errors are classified: by exception type (the transport) and MLflow error code.
+MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"})
+FORBIDDEN_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
+INVALID_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
+
+def classify(exc: BaseException) -> str:
+    """ "unreachable", "missing", "forbidden", "invalid" or "other" for an exception from MLflow's client."""
+    import requests
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(
+        isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
+        for e in chain
+    ):
+        return "unreachable"
+    code = str(getattr(exc, "error_code", "") or "")
+    if code in MISSING_CODES:
+        return "missing"
+    if code in FORBIDDEN_CODES:
+        return "forbidden"
+    if code in INVALID_CODES:
+        return "invalid"
+    # a 401/403 without an MLflow error body (the auth app's plain-text answers)
+    if any(f"error code {status}" in str(exc) for status in (401, 403)):
+        return "forbidden"
+    return "other"
+
+
 def _is_unreachable(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__}: {exc}"
-    markers = (
-        "ConnectionError",
-        "Connection refused",
-        "Max retries exceeded",
-        "ConnectTimeout",
-        "Failed to establish",
-        "Name or service not known",
-        "timed out",
-        "RemoteDisconnected",
-        "Temporary failure in name resolution",
-        "ReadTimeout",
-    )
-    return any(m in text for m in markers)
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    text = str(exc)
-    return (
-        "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "INVALID_PARAMETER_VALUE" in text
-    )
+    return classify(exc) == "unreachable"
 
 
 def _is_forbidden(exc: BaseException) -> bool:
-    code = getattr(exc, "error_code", "")
-    return code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "401" in str(exc)[:40]
+    return classify(exc) == "forbidden"
 
 
 def _missing(exc: BaseException) -> bool:
     """The server answered that the thing does not exist (not: the server could not be reached)."""
-    return not _is_unreachable(exc) and _is_not_found(exc)
+    return classify(exc) == "missing"
 
 
 class RestWriter:
@@ -164,22 +178,17 @@ class Registry:
             )
 
     def wait_until_reachable(self, wait_s: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Retry `ping` with exponential backoff for up to `wait_s` seconds."""
-        deadline = time.monotonic() + wait_s
-        delay = 0.25
-        while True:
-            try:
-                self.ping(timeout_s=max(0.5, min(5.0, wait_s)))
-                return
-            except RegistryUnavailable:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RegistryUnavailable(
-                        f"MLflow at {self.tracking_uri} is not reachable after {wait_s:g} s"
-                    ) from None
-                log.info("waiting for MLflow at %s (%.0f s left)", self.tracking_uri, remaining)
-                sleep(min(delay, remaining))
-                delay = min(delay * 2, 5.0)
+        """Retry `ping` with backoff for up to `wait_s` seconds, logging progress at INFO."""
+        wait_until(
+            lambda timeout_s: self.ping(timeout_s=timeout_s),
+            what=f"MLflow at {self.tracking_uri}",
+            timeout_s=wait_s,
+            retry_on=(RegistryUnavailable,),
+            on_timeout=lambda reason: RegistryUnavailable(
+                f"MLflow at {self.tracking_uri} is not reachable after {wait_s:g} s: {reason}"
+            ),
+            sleep=sleep,
+        )
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run one client call and translate its failures into domain errors."""
@@ -214,7 +223,8 @@ class Registry:
             try:
                 mv = self.client.get_model_version_by_alias(self.name, self.alias)
             except Exception as exc:
-                if _missing(exc):
+                # MLflow answers INVALID_PARAMETER_VALUE ("alias ... not found") for an alias no version holds
+                if classify(exc) in ("missing", "invalid"):
                     return None
                 raise
             return self._info(mv)
@@ -228,10 +238,13 @@ class Registry:
             try:
                 mv = self.client.get_model_version(self.name, str(version))
             except Exception as exc:
-                if _missing(exc):
+                kind = classify(exc)
+                if kind == "missing":
                     raise VersionNotFound(
                         f"model {self.name!r} has no version {version!r}", field="version"
                     ) from exc
+                if kind == "invalid":
+                    raise InvalidInput(f"{version!r} is not a version number", field="version") from exc
                 raise
             return self._info(mv)
 

@@ -163,7 +163,7 @@ def test_a_component_that_fails_to_start_is_reported_and_everything_stops(tmp_pa
         ),
         timeout_s=180,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # EXIT_UNHEALTHY: a component did not start
     assert "mlflow exited with code" in result.stderr and "mlflow.log" in result.stderr
     assert "notadb" in result.stderr  # the log tail says what went wrong
     assert not (tmp_path / "home" / "stack.json").exists()
@@ -192,6 +192,80 @@ def test_foreground_ctrl_c_stops_every_child(tmp_path: Path) -> None:
     assert not any(group_alive(pid) for pid in pids)
     assert not (home / "stack.json").exists()
     assert "Stopped." in (tmp_path / "up.log").read_text()
+
+
+def state_pids(home: Path) -> dict[str, int]:
+    return dict(json.loads((home / "stack.json").read_text())["pids"])
+
+
+def test_foreground_supervisor_restarts_what_dies_and_keeps_serving(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mlflow_port, server_port = free_port(), free_port()
+    log_path = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "modelops"), *up_args(home, mlflow_port, server_port)],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = f"http://127.0.0.1:{server_port}"
+    try:
+        wait_for(lambda: "Press Ctrl-C" in log_path.read_text(), 240, "the stack to be up")
+        body = curl_body(log_path.read_text())
+        first = state_pids(home)
+
+        # MLflow dies: the model server keeps answering, and MLflow comes back under a new process group
+        os.killpg(first["mlflow"], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        answered = 0
+        while state_pids(home)["mlflow"] == first["mlflow"] and time.monotonic() < deadline:
+            assert httpx.post(f"{server}/predict", json=body, timeout=10).status_code == 200
+            answered += 1
+            time.sleep(0.2)
+        assert answered > 0 and state_pids(home)["mlflow"] != first["mlflow"], log_path.read_text()[-2000:]
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{mlflow_port}/health").status_code == 200, 120, "MLflow back"
+        )
+        assert "mlflow exited with code" in log_path.read_text() and "restarting in" in log_path.read_text()
+
+        # the model server dies: it is restarted and serves the champion again
+        os.killpg(first["model-server"], signal.SIGKILL)
+        wait_for(lambda: state_pids(home)["model-server"] != first["model-server"], 60, "a new model server")
+        wait_for(
+            lambda: httpx.get(f"{server}/readyz").status_code == 200, 120, "the model server ready again"
+        )
+        assert httpx.post(f"{server}/predict", json=body, timeout=10).status_code == 200
+        assert proc.poll() is None  # the supervisor itself never stopped
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            modelops("down", "--home", str(home))
+    assert port_free("127.0.0.1", mlflow_port) and port_free("127.0.0.1", server_port)
+
+
+def test_up_on_a_half_running_stack_starts_what_is_missing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mlflow_port, server_port = free_port(), free_port()
+    first = modelops(*up_args(home, mlflow_port, server_port, "--detach"), timeout_s=240)
+    assert first.returncode == 0, first.stdout + first.stderr
+    try:
+        pids = state_pids(home)
+        os.killpg(pids["model-server"], signal.SIGKILL)
+        wait_for(lambda: not group_alive(pids["model-server"]), 10, "the model server to be gone")
+        # the flags need not repeat the ports: the stack is completed where it runs
+        again = modelops("up", "--home", str(home), "--detach", timeout_s=240)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Completing" in again.stdout and "first training" not in again.stdout
+        assert state_pids(home)["mlflow"] == pids["mlflow"]  # MLflow was left alone
+        assert httpx.get(f"http://127.0.0.1:{server_port}/readyz").json()["model_version"] == "1"
+        # and with everything running, `up` changes nothing
+        third = modelops("up", "--home", str(home), "--detach", timeout_s=240)
+        assert third.returncode == 0, third.stderr
+        assert state_pids(home) == {**pids, "model-server": state_pids(home)["model-server"]}
+    finally:
+        modelops("down", "--home", str(home))
 
 
 @pytest.fixture

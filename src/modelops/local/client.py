@@ -10,18 +10,16 @@ from typing import Any
 
 import httpx
 
-from modelops.errors import InvalidInput, ModelOpsError, RegistryUnavailable
-
-
-class ServerError(ModelOpsError):
-    code = "server_error"
+from modelops.errors import InvalidInput, ServerError, ServerUnreachable
 
 
 def _call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     try:
         response = httpx.request(method, url, timeout=120, **kwargs)
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(f"model server at {url} is not reachable: {exc}") from exc
+        raise ServerUnreachable(
+            f"model server at {url} is not reachable: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         body: dict[str, Any] = response.json()
     except ValueError:

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelops.errors import ConfigError
@@ -33,21 +33,6 @@ def require_free_ports(host: str, ports: dict[str, int]) -> None:
         seen[port] = flag
         if not port_free(host, port):
             raise ConfigError(f"port {port} on {host} is already in use; choose another with {flag}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as gone
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def group_alive(pgid: int) -> bool:
@@ -82,15 +67,19 @@ def stop_group(pgid: int, timeout_s: float = 20.0) -> None:
 
 @dataclass
 class Child:
-    """One supervised component."""
+    """One supervised component: started by us, or adopted from a stack that is already running."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    adopted_pgid: int | None = None
+    restarts: list[float] = field(default_factory=list)
+    given_up: bool = False
 
     def start(self) -> None:
+        self.adopted_pgid = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(self.argv)}\n".encode())
@@ -106,16 +95,27 @@ class Child:
                 start_new_session=True,
             )
 
+    def adopt(self, pgid: int) -> None:
+        """Supervise a process group an earlier `modelops up` started."""
+        self.proc, self.adopted_pgid = None, pgid
+
     @property
     def pid(self) -> int:
+        if self.adopted_pgid is not None:
+            return self.adopted_pgid
         assert self.proc is not None
         return self.proc.pid
 
     def exited(self) -> int | None:
+        """The exit code once the component is gone (-1 for an adopted one, whose code we cannot know)."""
+        if self.adopted_pgid is not None:
+            return None if group_alive(self.adopted_pgid) else -1
         return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
-        if self.proc is not None:
+        if self.adopted_pgid is not None:
+            stop_group(self.adopted_pgid)
+        elif self.proc is not None:
             stop_group(self.proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)

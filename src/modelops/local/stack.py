@@ -14,7 +14,6 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,9 +32,10 @@ from modelops.auth import (
     local_signing_keys,
     private_dir,
 )
-from modelops.errors import ConfigError, ModelOpsError
+from modelops.errors import ConfigError, StartupFailed
 from modelops.local.processes import Child, group_alive, require_free_ports, stop_group
 from modelops.settings import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
+from modelops.waiting import NotYet, wait_until
 
 STATE_FILE = "stack.json"
 TOKEN_FILE = "admin-token"
@@ -75,10 +75,7 @@ class StackState:
     mode: str
     started_at: float = field(default_factory=time.time)
     model_name: str = DEFAULT_MODEL_NAME
-
-
-class StartupFailed(ModelOpsError):
-    code = "startup_failed"
+    supervisor_pid: int | None = None
 
 
 def admin_token(home: Path) -> str:
@@ -238,9 +235,10 @@ def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> t
     return mlflow, server
 
 
-def _wait_healthy(child: Child, url: str, timeout_s: float, ok: Callable[[httpx.Response], bool]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _wait_healthy(child: Child, url: str, timeout_s: float) -> None:
+    """Until `url` answers 200; StartupFailed (with the log tail) if the child exits or the time runs out."""
+
+    def attempt(timeout: float) -> None:
         code = child.exited()
         if code is not None:
             raise StartupFailed(
@@ -248,14 +246,22 @@ def _wait_healthy(child: Child, url: str, timeout_s: float, ok: Callable[[httpx.
                 f"{child.log_path}:\n{child.tail()}"
             )
         try:
-            if ok(httpx.get(url, timeout=2)):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise StartupFailed(
-        f"{child.name} was not healthy at {url} within {timeout_s:g} s; last lines of "
-        f"{child.log_path}:\n{child.tail()}"
+            response = httpx.get(url, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise NotYet(f"{type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise NotYet(f"HTTP {response.status_code}")
+
+    wait_until(
+        attempt,
+        what=f"{child.name} at {url}",
+        timeout_s=timeout_s,
+        attempt_timeout_s=2.0,
+        max_delay_s=0.5,
+        on_timeout=lambda reason: StartupFailed(
+            f"{child.name} was not healthy at {url} within {timeout_s:g} s ({reason}); last lines of "
+            f"{child.log_path}:\n{child.tail()}"
+        ),
     )
 
 
@@ -323,51 +329,75 @@ def summary(config: StackConfig, version: str, example: list[float] | None = Non
     return "\n".join(lines)
 
 
+def _port(url: str, default: int) -> int:
+    return int(url.rsplit(":", 1)[1]) if url.rsplit(":", 1)[-1].isdigit() else default
+
+
 def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
-    """Start the stack. Foreground: serve until SIGINT/SIGTERM. Detached: return once healthy."""
+    """Start the stack, or what is missing of it. Foreground: supervise (restart what dies) until SIGINT/SIGTERM.
+    Detached: return once healthy."""
     home = config.home
     existing = read_state(home)
-    if existing is not None and any(group_alive(pid) for pid in existing.pids.values()):
-        raise ConfigError(
-            f"a stack is already running from {home.resolve()} (see `modelops status`; "
-            "stop it with `modelops down`)"
-        )
-    require_free_ports(HOST, {"--mlflow-port": config.mlflow_port, "--server-port": config.server_port})
+    running: dict[str, int] = {}
+    if existing is not None:
+        if (
+            existing.supervisor_pid
+            and existing.supervisor_pid != os.getpid()
+            and group_alive(existing.supervisor_pid)
+        ):
+            raise ConfigError(
+                f"a stack is already running in the foreground from {home.resolve()} "
+                f"(`modelops up` pid {existing.supervisor_pid}); stop it with Ctrl-C there or `modelops down`"
+            )
+        running = {name: pid for name, pid in existing.pids.items() if group_alive(pid)}
+        # complete the stack where it runs, whatever ports the flags say
+        config.mlflow_port = _port(existing.urls.get("mlflow", ""), config.mlflow_port)
+        config.server_port = _port(existing.urls.get("model-server", ""), config.server_port)
+    ports = {"--mlflow-port": config.mlflow_port, "--server-port": config.server_port}
+    require_free_ports(HOST, {flag: port for flag, port in ports.items() if _PORT_OWNER[flag] not in running})
     private_dir(home)
     token = admin_token(home)
     credentials = _secure_registry(config)
     mlflow, server = _children(config, token, credentials)
+    children = [mlflow, server]
+    for child in children:
+        if child.name in running:
+            child.adopt(running[child.name])
     started: list[Child] = []
     progress = Progress(out)
-    print(f"Starting ModelOps Stack from {home.resolve()}", file=out, flush=True)
+    verb = "Completing" if running else "Starting"
+    print(f"{verb} ModelOps Stack from {home.resolve()}", file=out, flush=True)
     try:
-        progress.step("mlflow", "starting")
-        mlflow.start()
-        started.append(mlflow)
-        _wait_healthy(
-            mlflow, f"{config.mlflow_url}/health", config.startup_timeout_s, lambda r: r.status_code == 200
-        )
+        if mlflow.name in running:
+            progress.step("mlflow", "running")
+        else:
+            progress.step("mlflow", "starting")
+            mlflow.start()
+            started.append(mlflow)
+        _wait_healthy(mlflow, f"{config.mlflow_url}/health", config.startup_timeout_s)
         progress.step("mlflow", "healthy")
         _create_registered_model(config, credentials[ADMIN])
         version = _ensure_champion(config, progress, credentials[TRAINER])
-        progress.step("model-server", "starting")
-        server.start()
-        started.append(server)
-        _wait_healthy(
-            server, f"{config.server_url}/readyz", config.startup_timeout_s, lambda r: r.status_code == 200
-        )
+        if server.name in running:
+            progress.step("model-server", "running")
+        else:
+            progress.step("model-server", "starting")
+            server.start()
+            started.append(server)
+        _wait_healthy(server, f"{config.server_url}/readyz", config.startup_timeout_s)
         model = httpx.get(f"{config.server_url}/model", timeout=5).json()
         version, example = model.get("version", version), model.get("input_example")
         progress.step("model-server", "ready")
     except BaseException:
-        for child in reversed(started):
+        for child in reversed(started):  # only what this call started: a running component keeps running
             child.stop()
         raise
     state = StackState(
-        pids={c.name: c.pid for c in started},
+        pids={c.name: c.pid for c in children},
         urls={"mlflow": config.mlflow_url, "model-server": config.server_url},
         mode="detached" if detach else "foreground",
         model_name=config.model_name,
+        supervisor_pid=None if detach else os.getpid(),
     )
     _write_state(home, state)
     print(summary(config, version, example), file=out, flush=True)
@@ -375,39 +405,79 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
         print("  Running in the background; stop it with: modelops down", file=out, flush=True)
         return 0
     print("  Press Ctrl-C to stop.", file=out, flush=True)
-    return _supervise(started, home, out)
+    return Supervisor(children, home, state, out).run()
 
 
-def _supervise(children: list[Child], home: Path, out: TextIO) -> int:
-    stopping = False
+_PORT_OWNER = {"--mlflow-port": "mlflow", "--server-port": "model-server"}
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 600.0
+RESTART_DELAY_MAX_S = 30.0
 
-    def handle(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    code = 0
-    try:
-        while not stopping:
-            dead = next((c for c in children if c.exited() is not None), None)
-            if dead is not None:
+class Supervisor:
+    """Keeps the foreground stack running: a component that exits is restarted with backoff (its log tail
+    reported), never taking the others down; after RESTART_LIMIT restarts within RESTART_WINDOW_S it gives up on
+    that component and says so. SIGINT/SIGTERM stop everything in order."""
+
+    def __init__(self, children: list[Child], home: Path, state: StackState, out: TextIO) -> None:
+        self.children, self.home, self.state, self.out = children, home, state, out
+        self.stopping = False
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.2, end - time.monotonic()))
+
+    def check(self, now: float) -> None:
+        """One pass: restart (or give up on) each component that has exited."""
+        for child in self.children:
+            if child.given_up or (code := child.exited()) is None:
+                continue
+            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+            if len(child.restarts) >= RESTART_LIMIT:
+                child.given_up = True
                 print(
-                    f"\n{dead.name} exited with code {dead.exited()}; last lines of {dead.log_path}:\n"
-                    f"{dead.tail()}",
+                    f"\n{child.name} exited with code {code} after {RESTART_LIMIT} restarts in "
+                    f"{RESTART_WINDOW_S / 60:g} min: giving up on it (the rest keeps running). Last lines of "
+                    f"{child.log_path}:\n{child.tail()}\nFix the cause, then run `modelops up` again to start it.",
                     file=sys.stderr,
                     flush=True,
                 )
-                code = 1
-                break
-            time.sleep(0.5)
-    finally:
-        print("\nStopping ...", file=out, flush=True)
-        for child in reversed(children):
-            child.stop()
-        (home / STATE_FILE).unlink(missing_ok=True)
-        print("Stopped.", file=out, flush=True)
-    return code
+                continue
+            delay = min(2.0 ** len(child.restarts), RESTART_DELAY_MAX_S)
+            print(
+                f"\n{child.name} exited with code {code}; restarting in {delay:g} s (restart "
+                f"{len(child.restarts) + 1} of at most {RESTART_LIMIT} in {RESTART_WINDOW_S / 60:g} min). Last lines "
+                f"of {child.log_path}:\n{child.tail()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._sleep(delay)
+            if self.stopping:
+                return
+            child.start()
+            child.restarts.append(time.monotonic())
+            self.state.pids[child.name] = child.pid
+            _write_state(self.home, self.state)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+        try:
+            while not self.stopping:
+                self.check(time.monotonic())
+                self._sleep(0.5)
+        finally:
+            print("\nStopping ...", file=self.out, flush=True)
+            # the model server first, so it never sees MLflow vanish under it
+            for child in reversed(self.children):
+                child.stop()
+            (self.home / STATE_FILE).unlink(missing_ok=True)
+            print("Stopped.", file=self.out, flush=True)
+        return 0
 
 
 def down(home: Path, out: TextIO = sys.stdout) -> int:

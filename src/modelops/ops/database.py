@@ -8,9 +8,9 @@ The password comes from libpq's PGPASSWORD, so it never appears in a URI or in t
 from __future__ import annotations
 
 import logging
-import time
 
-from modelops.errors import RegistryUnavailable
+from modelops.errors import DatabaseUnreachable
+from modelops.waiting import NotYet, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +54,61 @@ def upgrade(uri: str, wait_s: float) -> str:
 def _wait_for_database(uri: str, wait_s: float) -> None:
     import sqlalchemy
 
-    deadline = time.monotonic() + wait_s
-    while True:
-        engine = _engine(uri)
+    def attempt(timeout_s: float) -> None:
+        engine = sqlalchemy.create_engine(uri, pool_pre_ping=True, connect_args=_connect_args(uri, timeout_s))
         try:
             with engine.connect() as conn:
                 conn.execute(sqlalchemy.text("SELECT 1"))
-            return
         except sqlalchemy.exc.OperationalError as exc:
-            if time.monotonic() > deadline:
-                raise RegistryUnavailable(
-                    f"database is not reachable after {wait_s:g} s: {exc.orig}"
-                ) from exc
-            log.info("waiting for the database")
-            time.sleep(1.0)
+            raise NotYet(str(exc.orig).strip().splitlines()[0] if exc.orig else "not reachable") from None
         finally:
             engine.dispose()
+
+    wait_until(
+        attempt,
+        what=f"the database at {_redact(uri)}",
+        timeout_s=wait_s,
+        on_timeout=lambda reason: DatabaseUnreachable(
+            f"database is not reachable after {wait_s:g} s: {reason}"
+        ),
+    )
 
 
 def wait_for_schema(uri: str, wait_s: float) -> str:
     """Block until the schema is at this MLflow's head (the migration Job has run)."""
     _wait_for_database(uri, wait_s)
-    deadline = time.monotonic() + wait_s
-    while True:
+
+    def attempt(_: float) -> str:
         current, head = schema_state(uri)
-        if current == head:
-            return head
-        if time.monotonic() > deadline:
-            raise RegistryUnavailable(
-                f"database schema is at {current or 'nothing (empty)'}, expected {head}: has the migration Job run?"
+        if current != head:
+            raise NotYet(
+                f"schema at {current or 'nothing (empty)'}, expected {head}: has the migration Job run?"
             )
-        time.sleep(2.0)
+        return head
+
+    return wait_until(
+        attempt,
+        what="the database schema",
+        timeout_s=wait_s,
+        first_delay_s=1.0,
+        on_timeout=lambda reason: DatabaseUnreachable(
+            f"database schema not ready after {wait_s:g} s: {reason}"
+        ),
+    )
+
+
+def _connect_args(uri: str, timeout_s: float) -> dict[str, object]:
+    # a connection attempt must not hang longer than the attempt (libpq's default is forever)
+    return {"connect_timeout": max(1, int(timeout_s))} if uri.startswith("postgresql") else {}
+
+
+def _redact(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    return (
+        f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+        if host
+        else parts.scheme
+    )

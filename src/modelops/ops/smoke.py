@@ -7,11 +7,7 @@ from collections.abc import Callable
 
 import httpx
 
-from modelops.errors import ModelOpsError
-
-
-class SmokeTestFailed(ModelOpsError):
-    code = "smoke_test_failed"
+from modelops.errors import SmokeTestFailed
 
 
 def run(
