@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # Types skops may build beyond its own safe defaults. Fixed here, in the server's code: the list an artifact's
 # MLmodel carries (`skops_trusted_types`) is never read, or an artifact could trust `os.system`.
 TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
+MODEL_DIR_PREFIX = "model-v"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class LoadedModel:
     signature: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     local_dir: Path | None = None
+    model_path: Path | None = None
     loaded_at: float = field(default_factory=time.time)
     load_duration_s: float = 0.0
     verify_duration_s: float = 0.0
@@ -216,21 +218,41 @@ def load_model(
     """Download a registered version through the tracking server, verify its signature, load it without
     running code from the artifact, and warm it up. ModelRefused when a trust check fails."""
     import mlflow
+
+    start = time.perf_counter()
+    base = Path(tempfile.mkdtemp(prefix=f"{MODEL_DIR_PREFIX}{version.version}-", dir=work_dir))
+    try:
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{version.name}/{version.version}",
+                dst_path=str(base),
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
+            )
+        )
+        loaded = load_local(path, version, metrics, verifier, allow_pyfunc)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    loaded.local_dir = base
+    loaded.load_duration_s = time.perf_counter() - start
+    return loaded
+
+
+def load_local(
+    path: Path,
+    version: VersionInfo,
+    metrics: dict[str, float],
+    verifier: Verifier,
+    allow_pyfunc: bool = False,
+) -> LoadedModel:
+    """Verify and load a model folder already on disk (downloaded, or the last good copy), warm it up."""
     from mlflow.models import Model
 
     start = time.perf_counter()
-    base = Path(tempfile.mkdtemp(prefix=f"model-v{version.version}-", dir=work_dir))
     try:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        path = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(base)
-            )
-        )
-        downloaded_s = time.perf_counter() - start
         verifier.verify(path, model_name=version.name, run_id=version.run_id)
-        verify_s = time.perf_counter() - start - downloaded_s
+        verify_s = time.perf_counter() - start
         flavor = _trusted_flavor(_read_mlmodel(path), allow_pyfunc)
         mlmodel = Model.load(str(path))
         if flavor == "sklearn":
@@ -253,17 +275,27 @@ def load_model(
             example=example,
             signature=signature,
             metrics=metrics,
-            local_dir=base,
+            model_path=path,
             verify_duration_s=verify_s,
         )
         loaded.warm_up()
         loaded.load_duration_s = time.perf_counter() - start
         return loaded
     except ModelLoadError:
-        shutil.rmtree(base, ignore_errors=True)
         raise
     except Exception as exc:
-        shutil.rmtree(base, ignore_errors=True)
         raise ModelLoadError(
             f"cannot load {version.name} v{version.version}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def clean_model_dirs(work_dir: Path | None) -> int:
+    """Remove downloaded model folders a killed process left behind (never the last good copy)."""
+    if work_dir is None or not work_dir.is_dir():
+        return 0
+    removed = 0
+    for entry in work_dir.iterdir():
+        if entry.is_dir() and entry.name.startswith(MODEL_DIR_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed

@@ -18,6 +18,8 @@ class ModelStore:
     def __init__(self) -> None:
         self._current: LoadedModel | None = None
         self.reason = "starting: no model loaded yet"
+        # set while serving something other than what the alias says (the last good copy)
+        self.warning: str | None = None
 
     @property
     def current(self) -> LoadedModel | None:
@@ -28,10 +30,6 @@ class ModelStore:
         if model is None:
             raise ModelNotReady(self.reason)
         return model
-
-    @property
-    def ready(self) -> bool:
-        return self._current is not None
 
     def swap(self, new: LoadedModel) -> LoadedModel | None:
         """Make `new` the served model; returns the previous one (already released)."""

@@ -17,7 +17,8 @@ from pathlib import Path
 from modelops.errors import AliasNotFound, ModelLoadError, ModelRefused, RegistryError, RegistryUnavailable
 from modelops.registry import Registry, VersionInfo
 from modelops.serving import metrics
-from modelops.serving.model import LoadedModel, load_model
+from modelops.serving.lastgood import LastGood
+from modelops.serving.model import LoadedModel, clean_model_dirs, load_model
 from modelops.serving.store import ModelStore
 from modelops.serving.tasks import cancel
 from modelops.signing import Verifier
@@ -41,6 +42,9 @@ class AliasWatcher:
         self.store = store
         self.verifier = verifier
         self.allow_pyfunc = allow_pyfunc
+        # only with a model folder that outlives the process (the chart's volume, `modelops up`'s home)
+        self.last_good = LastGood(model_dir) if model_dir is not None else None
+        self._tried_last_good = False
         self.registry = registry
         self.poll_interval_s = poll_interval_s
         self.backoff_max_s = backoff_max_s
@@ -109,7 +113,28 @@ class AliasWatcher:
                 model.release()
                 raise
         self.store.swap(model)
+        self.store.warning = None
+        if self.last_good is not None:
+            try:
+                await asyncio.to_thread(self.last_good.save, model)
+            except OSError as exc:  # serving goes on; only the fallback copy is stale
+                log.warning("cannot keep v%s as the last good copy: %s", model.version, exc)
         return model
+
+    async def _fall_back_to_last_good(self, error: str) -> bool:
+        """At start-up, when the alias's version cannot be served: serve the last good copy, once."""
+        if self.last_good is None or self._tried_last_good or self.store.current is not None:
+            return False
+        self._tried_last_good = True
+        model = await asyncio.to_thread(
+            self.last_good.load, self.registry.name, self.verifier, self.allow_pyfunc
+        )
+        if model is None:
+            return False
+        self.store.swap(model)
+        self.store.warning = f"serving the last good version v{model.version} from local disk: {error}"
+        log.warning("%s; retrying the alias every poll", self.store.warning)
+        return True
 
     async def serve_version(
         self, version: VersionInfo, commit: Callable[[], object] | None = None
@@ -166,6 +191,7 @@ class AliasWatcher:
                 wait = self.poll_interval_s
             except (RegistryUnavailable, AliasNotFound, ModelLoadError, RegistryError) as exc:
                 self.last_error = exc.message
+                await self._fall_back_to_last_good(exc.message)
                 if self.store.current is None:
                     self.store.reason = exc.message
                     wait = delay  # nothing served yet: retry soon, backing off
@@ -187,11 +213,10 @@ class AliasWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
-    def poke(self) -> None:
-        """Poll now instead of waiting for the next interval."""
-        self._wake.set()
-
     def start(self) -> None:
+        removed = clean_model_dirs(self.model_dir)
+        if removed:
+            log.info("removed %d model folder(s) left by an earlier process", removed)
         self._task = asyncio.create_task(self.run(), name="alias-watcher")
 
     async def stop(self) -> None:
