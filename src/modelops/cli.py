@@ -8,12 +8,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from modelops import __version__
 from modelops.errors import EXIT_UNHEALTHY, InvalidInput, ModelOpsError, exit_code
 from modelops.logs import configure_logging
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
 from modelops.training.data import DEFAULT_MAX_BYTES
+from modelops.training.train import ALGORITHMS, PROMOTE_MODES
 
 PROGRESS_COMMANDS = frozenset({"db", "create-bucket", "auth", "smoke-test"})
 
@@ -30,13 +32,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI")
     p.add_argument("--model-name", default=defaults.model_name, help="registered model name")
     p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment")
-    p.add_argument("--algorithm", default="logreg", help="logreg | random_forest | gradient_boosting")
+    p.add_argument("--algorithm", default="logreg", choices=ALGORITHMS, help="estimator to fit")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter")
     p.add_argument("--data", default=None, help="CSV path, s3://bucket/key or http(s):// URL [built-in set]")
     p.add_argument("--target", default="target", help="label column of a CSV")
+    p.add_argument(
+        "--positive-class",
+        default=None,
+        help="label the binary metrics are about [the second of the two sorted labels: 1 of 0/1, yes of no/yes]",
+    )
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--promote", default="auto", help="auto | always | never")
+    p.add_argument("--promote", default="auto", choices=PROMOTE_MODES, help="when to move the alias")
     p.add_argument("--metric", default="roc_auc", help="metric compared under --promote auto")
     p.add_argument("--alias", default=defaults.model_alias, help="alias to move")
     p.add_argument("--wait-s", type=float, default=defaults.wait_s, help="how long to wait for MLflow")
@@ -86,6 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         git_commit=settings.git_commit,
         signing_key_path=signing_key,
         max_bytes=args.max_bytes,
+        positive_class=args.positive_class,
     )
     outcome = run_training(options)
     if args.output == "json":
@@ -385,11 +393,19 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 
 # -- main -------------------------------------------------------------------------------------------
-Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+Registrar = Callable[["argparse._SubParsersAction[Any]"], None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are bad input: exit code 1 with one line, like every other input error (argparse's own
+    exit code 2 means "unreachable" here)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidInput(f"{self.prog}: {message}", field="argv")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelops", description="ModelOps Stack command line")
+    parser = _Parser(prog="modelops", description="ModelOps Stack command line")
     parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -402,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     apply_mlflow_client_defaults()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except InvalidInput as exc:
+        return _fail(f"{exc.message} (see --help)", exit_code(exc))
     if args.verbose:
         configure_logging(logging.DEBUG)
     elif args.command == "serve":

@@ -143,7 +143,7 @@ def _write(path: Path, text: str) -> str:
         ("empty", "is empty"),
         ("header_only", "has a header but no rows"),
         ("single_class", "single class"),
-        ("unknown_algorithm", "unknown algorithm 'svm'"),
+        ("unknown_algorithm", "invalid choice: 'svm'"),
         ("unknown_param", "unknown parameter 'depth'"),
         ("bad_param_value", "'C'"),
         ("malformed_param", "not of the form key=value"),
@@ -294,3 +294,109 @@ def test_s3_data_missing_key_is_a_clear_error(
     )
     assert code == 1
     assert "cannot read s3://artifacts/nope.csv" in capsys.readouterr().err
+
+
+def test_any_two_valued_label_works_and_the_positive_class_is_explicit(
+    tracking_server: Service,
+    model_name: str,
+    csv_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(csv_file)
+    frame["label"] = frame["label"].map({0: "no", 1: "yes"})
+    path = tmp_path / "yes_no.csv"
+    frame.to_csv(path, index=False)
+    common = ["--tracking-uri", tracking_server.uri, "--model-name", model_name, "--data", str(path)]
+    code, default, err = train(capsys, *common, "--target", "label", "--promote", "never")
+    assert code == 0, err
+    assert MlflowClient(tracking_server.uri).get_run(default["run_id"]).data.params["positive_class"] == "yes"
+    code, other, err = train(
+        capsys, *common, "--target", "label", "--promote", "never", "--positive-class", "no"
+    )
+    assert code == 0, err
+    # the same model seen from the other class: accuracy and roc_auc agree, precision/recall are the other class's
+    assert other["metrics"]["accuracy"] == pytest.approx(default["metrics"]["accuracy"])
+    assert other["metrics"]["roc_auc"] == pytest.approx(default["metrics"]["roc_auc"])
+    assert other["metrics"]["precision"] != pytest.approx(default["metrics"]["precision"])
+    code, _, err = train(capsys, *common, "--target", "label", "--positive-class", "maybe")
+    assert code == 1 and "--positive-class 'maybe'" in err and "no, yes" in err
+
+
+class FlakyProxy:
+    """A reverse proxy in front of MLflow that, once `trigger` appears in a request path, answers nothing
+    (closes the connection) for `outage_s` seconds: MLflow lost in the middle of a run."""
+
+    def __init__(self, upstream: str, trigger: str, outage_s: float) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import httpx
+
+        proxy = self
+        self.down_until = 0.0
+        self.tripped = False
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                now = time.monotonic()
+                if trigger in self.path and not proxy.tripped:
+                    proxy.tripped, proxy.down_until = True, now + outage_s
+                if now < proxy.down_until:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                answer = httpx.request(
+                    self.command, upstream + self.path, content=body, headers=headers, timeout=60
+                )
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_mlflow_lost_mid_run_exits_2_and_marks_the_run_failed(
+    tracking_server: Service, model_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the outage starts with the model upload and is over before the trainer gives up marking the run
+    proxy = FlakyProxy(tracking_server.uri, "mlflow-artifacts/artifacts/", outage_s=3)
+    try:
+        code, _, err = train(
+            capsys, "--tracking-uri", proxy.uri, "--model-name", model_name, "--wait-s", "20"
+        )
+    finally:
+        proxy.close()
+    assert proxy.tripped
+    assert code == 2, err
+    assert "was lost during run" in err and "marked FAILED" in err and "Traceback" not in err
+    client = MlflowClient(tracking_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("modelops").experiment_id], max_results=1)
+    assert runs[0].info.status == "FAILED"
+    assert not client.search_model_versions(f"name = '{model_name}'")  # nothing half-made was registered

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from modelops import __version__
-from modelops.errors import ConfigError, InvalidInput
-from modelops.registry import MODEL_ARTIFACT_PATH, Registry
+from modelops.errors import ConfigError, InvalidInput, RegistryUnavailable
+from modelops.registry import MODEL_ARTIFACT_PATH, Registry, classify
 from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, load_dataset
 from modelops.training.train import (
     LOWER_IS_BETTER,
+    PROMOTE_MODES,
     TrainResult,
     fit_and_evaluate,
     is_better,
@@ -25,7 +26,6 @@ from modelops.training.train import (
 
 log = logging.getLogger(__name__)
 
-PROMOTE_MODES = ("auto", "always", "never")
 # Models are saved with skops (no arbitrary pickle code on load). Types skops does not trust by default
 # but our own algorithms need; we trust them because the trainer built the model itself.
 TRUSTED_TYPES: dict[str, tuple[str, ...]] = {
@@ -55,6 +55,7 @@ class TrainOptions:
     git_commit: str | None = None
     signing_key_path: Path | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
+    positive_class: str | None = None
 
 
 @dataclass
@@ -131,12 +132,11 @@ def decide(
 
 
 def _log_signed_model(
-    result: TrainResult, example: Any, signature: Any, options: TrainOptions, run_id: str
+    client: Any, run_id: str, result: TrainResult, example: Any, signature: Any, options: TrainOptions
 ) -> None:
     """Save the model with skops, sign the folder (bound to model name + run), upload it as `model/`."""
     import tempfile
 
-    import mlflow
     import mlflow.sklearn
 
     from modelops.signing import sign_model
@@ -154,20 +154,10 @@ def _log_signed_model(
             skops_trusted_types=list(TRUSTED_TYPES.get(result.algorithm, ())),
         )
         sign_model(folder, options.signing_key_path, model_name=options.model_name, run_id=run_id)
-        mlflow.log_artifacts(str(folder), MODEL_ARTIFACT_PATH)
+        client.log_artifacts(run_id, str(folder), MODEL_ARTIFACT_PATH)
 
 
-def _log_run(
-    result: TrainResult, dataset: Dataset, options: TrainOptions, registry: Registry
-) -> tuple[str, str]:
-    """Log params, metrics, artifacts and the signed model, registering a version. Returns (run_id, version)."""
-    import mlflow
-    import mlflow.data.pandas_dataset
-    from mlflow.models import infer_signature
-
-    mlflow.set_experiment(options.experiment)
-    example = result.x_train.head(5)
-    signature = infer_signature(example, result.model.predict_proba(example.to_numpy()))
+def _params(result: TrainResult, dataset: Dataset, options: TrainOptions) -> dict[str, Any]:
     params = {
         "algorithm": result.algorithm,
         **{f"hp.{k}": v for k, v in result.params.items()},
@@ -178,6 +168,7 @@ def _log_run(
         "test_size": options.test_size,
         "seed": options.seed,
         "target": options.target,
+        "positive_class": result.positive_class,
     }
     model_params = (
         result.model.get_params(deep=False)
@@ -185,33 +176,84 @@ def _log_run(
         else (result.model.named_steps["clf"].get_params(deep=False))
     )
     params.update({f"hp.{k}": v for k, v in model_params.items() if k not in result.params})
+    return params
+
+
+def _mark_failed(client: Any, run_id: str, wait_s: float) -> bool:
+    """Mark the run FAILED, retrying while MLflow comes back (bounded). False when it never could."""
+    from modelops.waiting import wait_until
+
+    try:
+        wait_until(
+            lambda _: client.set_terminated(run_id, "FAILED"),
+            what=f"MLflow, to mark run {run_id} FAILED",
+            timeout_s=wait_s,
+            retry_on=(Exception,),
+            on_timeout=lambda reason: RuntimeError(reason),
+        )
+    except RuntimeError:
+        return False
+    return True
+
+
+def _log_run(
+    result: TrainResult, dataset: Dataset, options: TrainOptions, registry: Registry
+) -> tuple[str, str]:
+    """Log params, metrics, artifacts and the signed model as one run (explicit client: no global MLflow
+    state), register a version. Returns (run_id, version). A run that fails half-way is marked FAILED."""
+    import mlflow.data.pandas_dataset
+    from mlflow.entities import DatasetInput, InputTag, Metric, Param
+    from mlflow.models import infer_signature
+
+    client = registry.client
+    experiment = client.get_experiment_by_name(options.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(options.experiment)
+    example = result.x_train.head(5)
     tags = {"modelops.version": __version__}
     commit = options.git_commit or _git_commit()
     if commit:
         tags["modelops.git_commit"] = commit
-    with warnings.catch_warnings(), mlflow.start_run(tags=tags) as run:
-        # MLflow's schema hints and sklearn's feature-name notices are noise for a CLI user.
-        warnings.simplefilter("ignore", UserWarning)
-        mlflow.log_params(params)
-        mlflow.log_metrics(result.metrics)
-        mlflow.log_dict(reference_stats(result.x_train), "reference_stats.json")
-        frame = dataset.features.assign(**{options.target: dataset.target.to_numpy()})
-        # For the built-in set MLflow records the code that loaded it as the source.
-        source = {} if dataset.source == BUILTIN else {"source": dataset.source}
-        mlflow.log_input(
-            mlflow.data.pandas_dataset.from_pandas(
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    try:
+        with warnings.catch_warnings():
+            # MLflow's schema hints and sklearn's feature-name notices are noise for a CLI user.
+            warnings.simplefilter("ignore", UserWarning)
+            signature = infer_signature(example, result.model.predict_proba(example.to_numpy()))
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in result.metrics.items()],
+                params=[Param(k, str(v)) for k, v in _params(result, dataset, options).items()],
+            )
+            client.log_dict(run_id, reference_stats(result.x_train), "reference_stats.json")
+            frame = dataset.features.assign(**{options.target: dataset.target.to_numpy()})
+            # For the built-in set MLflow records the code that loaded it as the source.
+            source = {} if dataset.source == BUILTIN else {"source": dataset.source}
+            data = mlflow.data.pandas_dataset.from_pandas(
                 frame, name=dataset.name, targets=options.target, **source
-            ),
-            context="training",
-        )
-        _log_signed_model(result, example, signature, options, run.info.run_id)
-    version = registry.version_for_run(run.info.run_id).version
-    return run.info.run_id, version
+            )
+            client.log_inputs(
+                run_id,
+                datasets=[
+                    DatasetInput(data._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])
+                ],
+            )
+            _log_signed_model(client, run_id, result, example, signature, options)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException as exc:
+        marked = _mark_failed(client, run_id, min(options.wait_s, 30.0))
+        if classify(exc) == "unreachable" or isinstance(exc, RegistryUnavailable):
+            raise RegistryUnavailable(
+                f"MLflow at {options.tracking_uri} was lost during run {run_id}; "
+                + ("the run is marked FAILED" if marked else "it could not be marked FAILED")
+            ) from exc
+        raise
+    version = registry.version_for_run(run_id).version
+    return run_id, version
 
 
 def run_training(options: TrainOptions) -> TrainOutcome:
     """Validate, fit, log, register and decide the alias. Input errors surface before anything is logged."""
-    import mlflow
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -233,7 +275,9 @@ def run_training(options: TrainOptions) -> TrainOutcome:
     params = parse_params(options.params)
     dataset = load_dataset(options.data, options.target, options.s3_endpoint_url, max_bytes=options.max_bytes)
     lap("load_data")
-    result = fit_and_evaluate(dataset, options.algorithm, params, options.test_size, options.seed)
+    result = fit_and_evaluate(
+        dataset, options.algorithm, params, options.test_size, options.seed, options.positive_class
+    )
     if options.metric not in result.metrics:
         raise InvalidInput(
             f"unknown metric {options.metric!r}; choose one of: {', '.join(sorted(result.metrics))}",
@@ -249,8 +293,6 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         )
     )
     registry.wait_until_reachable(options.wait_s)
-    mlflow.set_tracking_uri(options.tracking_uri)
-    mlflow.set_registry_uri(options.tracking_uri)
     lap("connect")
     run_id, version = _log_run(result, dataset, options, registry)
     lap("log_register")

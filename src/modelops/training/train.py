@@ -14,6 +14,7 @@ from modelops.errors import InvalidInput
 from modelops.training.data import Dataset
 
 ALGORITHMS = ("logreg", "random_forest", "gradient_boosting")
+PROMOTE_MODES = ("auto", "always", "never")
 # Metrics where a smaller value is better; every other metric is "greater is better".
 LOWER_IS_BETTER = frozenset({"log_loss", "fit_time_s"})
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -29,6 +30,7 @@ class TrainResult:
     metrics: dict[str, float]
     x_train: pd.DataFrame
     classes: list[Any]
+    positive_class: Any = None
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -95,30 +97,54 @@ def _fit(model: Any, x: np.ndarray, y: np.ndarray, params: dict[str, Any]) -> No
         raise InvalidInput(f"model cannot be fitted with these parameters: {exc}", field=field) from exc
 
 
-def evaluate(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Classification metrics on held-out data."""
+def positive_label(classes: list[Any], positive_class: str | None) -> Any:
+    """The class the binary metrics are about: `positive_class` (matched as text, since it comes from a flag or
+    an environment variable), else the second of the sorted classes (1 of 0/1, "yes" of no/yes)."""
+    ordered = sorted(classes, key=str)
+    if positive_class is None:
+        return ordered[-1] if len(ordered) == 2 else None
+    for candidate in ordered:
+        if str(candidate) == positive_class:
+            return candidate
+    raise InvalidInput(
+        f"--positive-class {positive_class!r} is not one of the labels: {', '.join(map(str, ordered))}",
+        field="positive_class",
+    )
+
+
+def evaluate(model: Any, x: np.ndarray, y: np.ndarray, positive: Any = None) -> dict[str, float]:
+    """Classification metrics on held-out data. Binary metrics are about the `positive` class."""
     from sklearn import metrics
 
     predicted = model.predict(x)
     proba = model.predict_proba(x)
-    binary = proba.shape[1] == 2
-    average = "binary" if binary else "macro"
+    classes = list(model.classes_)
+    binary = len(classes) == 2
     if binary:
-        roc_auc = metrics.roc_auc_score(y, proba[:, 1])
+        positive = positive if positive is not None else positive_label(classes, None)
+        column = classes.index(positive)
+        roc_auc = metrics.roc_auc_score(np.asarray(y) == positive, proba[:, column])
+        averaging: dict[str, Any] = {"average": "binary", "pos_label": positive}
     else:
         roc_auc = metrics.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)
+        averaging = {"average": "macro"}
     return {
         "accuracy": float(metrics.accuracy_score(y, predicted)),
-        "precision": float(metrics.precision_score(y, predicted, average=average, zero_division=0)),
-        "recall": float(metrics.recall_score(y, predicted, average=average, zero_division=0)),
-        "f1": float(metrics.f1_score(y, predicted, average=average, zero_division=0)),
+        "precision": float(metrics.precision_score(y, predicted, zero_division=0, **averaging)),
+        "recall": float(metrics.recall_score(y, predicted, zero_division=0, **averaging)),
+        "f1": float(metrics.f1_score(y, predicted, zero_division=0, **averaging)),
         "roc_auc": float(roc_auc),
         "log_loss": float(metrics.log_loss(y, proba, labels=model.classes_)),
     }
 
 
 def fit_and_evaluate(
-    dataset: Dataset, algorithm: str, params: dict[str, Any], test_size: float, seed: int
+    dataset: Dataset,
+    algorithm: str,
+    params: dict[str, Any],
+    test_size: float,
+    seed: int,
+    positive_class: str | None = None,
 ) -> TrainResult:
     """Split, fit on the train part and evaluate on the held-out part."""
     from sklearn.model_selection import train_test_split
@@ -128,6 +154,9 @@ def fit_and_evaluate(
     model = build_model(algorithm, params, seed)
     x = dataset.features
     y = dataset.target.to_numpy()
+    positive = positive_label(list(np.unique(y)), positive_class) if len(np.unique(y)) == 2 else None
+    if positive_class is not None and positive is None:
+        raise InvalidInput("--positive-class applies to two-valued labels only", field="positive_class")
     counts = pd.Series(y).value_counts()
     stratify = y if counts.min() >= 2 else None
     try:
@@ -142,9 +171,9 @@ def fit_and_evaluate(
     start = time.perf_counter()
     _fit(model, x_train.to_numpy(), y_train, params)
     fit_time = time.perf_counter() - start
-    metrics = evaluate(model, x_test.to_numpy(), y_test)
+    metrics = evaluate(model, x_test.to_numpy(), y_test, positive)
     metrics["fit_time_s"] = fit_time
-    return TrainResult(model, algorithm, params, metrics, x_train, list(model.classes_))
+    return TrainResult(model, algorithm, params, metrics, x_train, list(model.classes_), positive)
 
 
 def is_better(candidate: float, champion: float, metric: str) -> bool:
