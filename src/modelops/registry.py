@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import SecretStr
 
+from modelops.alias import HISTORY_TAG, AliasHistory
 from modelops.errors import (
     InvalidInput,
     NothingToRollBack,
@@ -28,8 +29,6 @@ from modelops.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
-HISTORY_TAG = "modelops.alias.{alias}.history"
-HISTORY_MAX = 50
 MODEL_ARTIFACT_PATH = "model"
 
 T = TypeVar("T")
@@ -364,15 +363,15 @@ class Registry:
         if not self._call(exists):
             self.writer.post("registered-models/create", {"name": self.name})
 
-    def _history(self) -> list[str]:
+    def _history(self) -> AliasHistory:
         model = self._call(lambda: self.client.get_registered_model(self.name))
-        raw = (model.tags or {}).get(HISTORY_TAG.format(alias=self.alias), "")
-        return [v for v in raw.split(",") if v]
+        return AliasHistory.parse((model.tags or {}).get(HISTORY_TAG.format(alias=self.alias)))
 
-    def _set_history(self, history: list[str]) -> None:
-        value = ",".join(history[-HISTORY_MAX:])
+    def _set_history(self, history: AliasHistory) -> None:
         key = HISTORY_TAG.format(alias=self.alias)
-        self.writer.post("registered-models/set-tag", {"name": self.name, "key": key, "value": value})
+        self.writer.post(
+            "registered-models/set-tag", {"name": self.name, "key": key, "value": history.render()}
+        )
 
     def move_alias(self, version: str) -> str | None:
         """Point the alias at `version`, remembering the previous holder. Returns that previous version."""
@@ -382,28 +381,28 @@ class Registry:
             return current.version
         self._set_alias(target.version)
         if current is not None:
-            self._set_history([*self._history(), current.version])
+            self._set_history(self._history().moved(current.version, target.version))
         return current.version if current else None
 
     def previous_version(self) -> str:
         """The version `rollback` would move the alias to; NothingToRollBack when there is none."""
         return self._rollback_target()[0]
 
-    def _rollback_target(self) -> tuple[str, list[str], VersionInfo | None]:
-        history = self._history()
+    def _exists(self, version: str) -> bool:
+        try:
+            self.get_version(version)
+        except VersionNotFound:
+            return False  # deleted since: look further back
+        return True
+
+    def _rollback_target(self) -> tuple[str, AliasHistory, VersionInfo | None]:
         current = self.alias_version()
-        while history:
-            candidate = history.pop()
-            if current is not None and candidate == current.version:
-                continue
-            try:
-                self.get_version(candidate)
-            except VersionNotFound:
-                continue  # that version was deleted since; look further back
-            return candidate, history, current
-        raise NothingToRollBack(
-            f"alias {self.alias!r} of {self.name!r} has no earlier version to roll back to"
-        )
+        found = self._history().rollback(current.version if current else None, self._exists)
+        if found is None:
+            raise NothingToRollBack(
+                f"alias {self.alias!r} of {self.name!r} has no earlier version to roll back to"
+            )
+        return found[0], found[1], current
 
     def rollback(self) -> tuple[str | None, str]:
         """Move the alias back to its previous holder. Returns (from_version, to_version)."""
