@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from modelops.local.processes import stop_group
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -37,23 +38,6 @@ def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s:
 
 def http_ok(url: str) -> Callable[[], bool]:
     return lambda: httpx.get(url, timeout=2).status_code == 200
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    """Stop a process started with start_new_session=True and everything it spawned."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Service:
@@ -102,7 +86,10 @@ class Service:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_group(self.proc)
+            # the product's own supervisor stops it: SIGTERM to the group, then SIGKILL after a grace period
+            stop_group(self.proc.pid, timeout_s=15)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
             self.proc = None
 
     def tail(self, lines: int = 40) -> str:

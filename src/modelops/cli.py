@@ -12,11 +12,16 @@ from typing import Any, NoReturn
 
 from modelops import __version__
 from modelops.errors import EXIT_UNHEALTHY, InvalidInput, ModelOpsError, exit_code
+from modelops.local.stack import StackConfig
 from modelops.logs import configure_logging
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
 from modelops.training.data import DEFAULT_MAX_BYTES
+from modelops.training.publish import TrainOptions
 from modelops.training.train import ALGORITHMS, PROMOTE_MODES
 
+# Flag defaults come from the option classes themselves, never repeated here.
+TRAIN_DEFAULTS = TrainOptions(tracking_uri="", model_name="", experiment="", alias="")
+STACK_DEFAULTS = StackConfig(home=Path())
 PROGRESS_COMMANDS = frozenset({"db", "create-bucket", "auth", "smoke-test"})
 
 
@@ -32,19 +37,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI")
     p.add_argument("--model-name", default=defaults.model_name, help="registered model name")
     p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment")
-    p.add_argument("--algorithm", default="logreg", choices=ALGORITHMS, help="estimator to fit")
+    p.add_argument(
+        "--algorithm", default=TRAIN_DEFAULTS.algorithm, choices=ALGORITHMS, help="estimator to fit"
+    )
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter")
     p.add_argument("--data", default=None, help="CSV path, s3://bucket/key or http(s):// URL [built-in set]")
-    p.add_argument("--target", default="target", help="label column of a CSV")
+    p.add_argument("--target", default=TRAIN_DEFAULTS.target, help="label column of a CSV")
     p.add_argument(
         "--positive-class",
         default=None,
         help="label the binary metrics are about [the second of the two sorted labels: 1 of 0/1, yes of no/yes]",
     )
-    p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--promote", default="auto", choices=PROMOTE_MODES, help="when to move the alias")
-    p.add_argument("--metric", default="roc_auc", help="metric compared under --promote auto")
+    p.add_argument("--test-size", type=float, default=TRAIN_DEFAULTS.test_size, help="held-out fraction")
+    p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
+    p.add_argument(
+        "--promote", default=TRAIN_DEFAULTS.promote, choices=PROMOTE_MODES, help="when to move the alias"
+    )
+    p.add_argument("--metric", default=TRAIN_DEFAULTS.metric, help="metric compared under --promote auto")
     p.add_argument("--alias", default=defaults.model_alias, help="alias to move")
     p.add_argument("--wait-s", type=float, default=defaults.wait_s, help="how long to wait for MLflow")
     p.add_argument(
@@ -118,7 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the model server (follows the registry alias)")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=STACK_DEFAULTS.server_port)
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
     p.set_defaults(func=_cmd_serve)
 
@@ -142,8 +151,8 @@ def _add_home(p: argparse.ArgumentParser) -> None:
 def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("up", help="start the local platform (MLflow + model server) and train a first model")
     _add_home(p)
-    p.add_argument("--mlflow-port", type=int, default=5000)
-    p.add_argument("--server-port", type=int, default=8000)
+    p.add_argument("--mlflow-port", type=int, default=STACK_DEFAULTS.mlflow_port)
+    p.add_argument("--server-port", type=int, default=STACK_DEFAULTS.server_port)
     p.add_argument(
         "--backend-store-uri", default=None, help="e.g. postgresql://user:pw@host/db [SQLite in home]"
     )

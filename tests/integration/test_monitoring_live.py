@@ -61,11 +61,11 @@ def dashboard_queries() -> list[str]:
 
 @pytest.fixture
 def live_server(tracking_server: Service, model_name: str, start_server: Callable[..., Service]) -> str:
-    server = start_server(tracking_server.uri, model_name)  # type: ignore[attr-defined]
-    url: str = server.uri  # type: ignore[attr-defined]
+    server = start_server(tracking_server.uri, model_name)
+    url: str = server.uri
     # a 5xx (no model yet), then a model, then traffic of every kind
     assert httpx.post(f"{url}/predict", json={"features": [1.0] * 30}).status_code == 503
-    train_version(tracking_server.uri, model_name)  # type: ignore[attr-defined]
+    train_version(tracking_server.uri, model_name)
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, "the model to load")
     return url
 

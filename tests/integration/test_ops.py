@@ -20,12 +20,12 @@ def test_create_bucket_is_idempotent(
 ) -> None:
     moto = moto_server(tmp_path).start()
     try:
-        args = ["create-bucket", "--bucket", "mlflow-artifacts", "--endpoint-url", moto.uri, "--wait-s", "5"]  # type: ignore[attr-defined]
+        args = ["create-bucket", "--bucket", "mlflow-artifacts", "--endpoint-url", moto.uri, "--wait-s", "5"]
         assert main(args) == 0
         assert "created" in capsys.readouterr().out
         assert main(args) == 0
         assert "exists" in capsys.readouterr().out
-        names = [b["Name"] for b in boto3.client("s3", endpoint_url=moto.uri).list_buckets()["Buckets"]]  # type: ignore[attr-defined]
+        names = [b["Name"] for b in boto3.client("s3", endpoint_url=moto.uri).list_buckets()["Buckets"]]
         assert names == ["mlflow-artifacts"]
     finally:
         moto.stop()

@@ -70,7 +70,7 @@ def start_server(folder: Path, tracking_uri: str, model_name: str, env: dict[str
             **env,
         },
     )
-    service.uri = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    service.uri = f"http://127.0.0.1:{port}"
     service.port = port  # type: ignore[attr-defined]
     return service.start()
 
@@ -330,12 +330,12 @@ def add_versions(client: MlflowClient, experiment_id: str, name: str, count: int
 def test_versions_cost_a_bounded_number_of_registry_calls(
     tracking_server: Service, tmp_path: Path, model_name: str
 ) -> None:
-    client = MlflowClient(tracking_server.uri)  # type: ignore[attr-defined]
+    client = MlflowClient(tracking_server.uri)
     if not client.search_registered_models(f"name = '{model_name}'"):
         client.create_registered_model(model_name)
     experiment = client.create_experiment(f"limits-{uuid.uuid4().hex[:8]}")
     expected = add_versions(client, experiment, model_name, 3)
-    proxy = CountingProxy(tracking_server.uri)  # type: ignore[attr-defined]
+    proxy = CountingProxy(tracking_server.uri)
     server = start_server(
         tmp_path / "server",
         proxy.uri,

@@ -24,7 +24,7 @@ def train(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict | N
 def test_builtin_run_registers_and_promotes_then_auto_keeps_better_champion(
     tracking_server: Service, model_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = tracking_server.uri  # type: ignore[attr-defined]
+    uri = tracking_server.uri
     code, first, err = train(capsys, "--tracking-uri", uri, "--model-name", model_name)
     assert code == 0, err
     assert first is not None
@@ -87,7 +87,7 @@ def test_builtin_run_registers_and_promotes_then_auto_keeps_better_champion(
 def test_lower_is_better_metric_is_compared_the_right_way(
     tracking_server: Service, model_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    uri = tracking_server.uri  # type: ignore[attr-defined]
+    uri = tracking_server.uri
     assert train(capsys, "--tracking-uri", uri, "--model-name", model_name)[0] == 0
     code, worse, _ = train(
         capsys,
@@ -116,7 +116,7 @@ def test_csv_run(
         "--tracking-uri",
         tracking_server.uri,
         "--model-name",
-        model_name,  # type: ignore[attr-defined]
+        model_name,
         "--data",
         str(csv_file),
         "--target",
@@ -124,7 +124,7 @@ def test_csv_run(
     )
     assert code == 0, err
     assert out is not None and out["promoted"] is True
-    run = MlflowClient(tracking_server.uri).get_run(out["run_id"])  # type: ignore[attr-defined]
+    run = MlflowClient(tracking_server.uri).get_run(out["run_id"])
     assert run.data.params["n_features"] == "4"
     assert run.data.params["data_source"] == str(csv_file)
 
@@ -176,12 +176,12 @@ def test_bad_input_fails_with_one_line_error_and_registers_nothing(
     }.get(case, [])
     if case in csv:
         args += ["--data", _write(tmp_path / "d.csv", csv[case]), "--target", "label"]
-    code = main(["train", "--tracking-uri", tracking_server.uri, "--model-name", model_name, *args])  # type: ignore[attr-defined]
+    code = main(["train", "--tracking-uri", tracking_server.uri, "--model-name", model_name, *args])
     _, err = capsys.readouterr()
     assert code == 1
     assert expected in err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert MlflowClient(tracking_server.uri).search_model_versions(f"name = '{model_name}'") == []  # type: ignore[attr-defined]
+    assert MlflowClient(tracking_server.uri).search_model_versions(f"name = '{model_name}'") == []
 
 
 def test_unreachable_mlflow_exits_2_quickly_naming_the_uri(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_json_output_is_one_object_on_stdout(tracking_server: Service, model_nam
         "--tracking-uri",
         tracking_server.uri,
         "--model-name",
-        model_name,  # type: ignore[attr-defined]
+        model_name,
         "--output",
         "json",
     )
@@ -219,7 +219,7 @@ def test_json_output_is_one_object_on_stdout(tracking_server: Service, model_nam
 
 
 def test_text_output_shows_timing_breakdown(tracking_server: Service, model_name: str) -> None:
-    result = modelops("train", "--tracking-uri", tracking_server.uri, "--model-name", model_name)  # type: ignore[attr-defined]
+    result = modelops("train", "--tracking-uri", tracking_server.uri, "--model-name", model_name)
     assert result.returncode == 0, result.stderr
     assert "timing: load_data" in result.stdout and "total" in result.stdout
     assert "promoted (no version held the alias yet)" in result.stdout
@@ -228,11 +228,11 @@ def test_text_output_shows_timing_breakdown(tracking_server: Service, model_name
 @pytest.fixture
 def s3_stack(tmp_path: Path, aws_test_env: None):  # type: ignore[no-untyped-def]
     moto = moto_server(tmp_path / "moto").start()
-    s3 = boto3.client("s3", endpoint_url=moto.uri)  # type: ignore[attr-defined]
+    s3 = boto3.client("s3", endpoint_url=moto.uri)
     s3.create_bucket(Bucket="artifacts")
     env = {
         "MLFLOW_S3_ENDPOINT_URL": moto.uri,
-        "AWS_ACCESS_KEY_ID": "testing",  # type: ignore[attr-defined]
+        "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
@@ -253,13 +253,13 @@ def test_s3_artifact_store_and_s3_data(
 ) -> None:
     server, s3, moto = s3_stack
     s3.upload_file(str(csv_file), "artifacts", "data/train.csv")  # type: ignore[attr-defined]
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto.uri)  # type: ignore[attr-defined]
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto.uri)
     code, out, err = train(
         capsys,
         "--tracking-uri",
         server.uri,
         "--model-name",
-        model_name,  # type: ignore[attr-defined]
+        model_name,
         "--data",
         "s3://artifacts/data/train.csv",
         "--target",
@@ -280,14 +280,14 @@ def test_s3_data_missing_key_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, _, moto = s3_stack
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto.uri)  # type: ignore[attr-defined]
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto.uri)
     code = main(
         [
             "train",
             "--tracking-uri",
             server.uri,
             "--model-name",
-            model_name,  # type: ignore[attr-defined]
+            model_name,
             "--data",
             "s3://artifacts/nope.csv",
         ]
