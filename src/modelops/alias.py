@@ -42,3 +42,73 @@ class AliasHistory:
                 continue
             return candidate, AliasHistory(remaining)
         return None
+
+
+AUDIT_PREFIX = "modelops.audit."
+ACTIONS = ("promotion", "deploy", "rollback", "approval", "rollout")
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One audit record: who moved which alias, when, why, from which version to which."""
+
+    when_ms: int
+    alias: str
+    action: str
+    who: str
+    from_version: str | None
+    to_version: str
+    why: str
+
+    def key(self, nonce: str) -> str:
+        # registered-model tags are the store: sortable by time, unique by nonce
+        return f"{AUDIT_PREFIX}{self.when_ms:013d}.{nonce}"
+
+    def to_dict(self) -> dict[str, object]:
+        import datetime
+
+        when = datetime.datetime.fromtimestamp(self.when_ms / 1000, tz=datetime.UTC)
+        return {
+            "when": when.isoformat(timespec="milliseconds"),
+            "when_ms": self.when_ms,
+            "alias": self.alias,
+            "action": self.action,
+            "who": self.who,
+            "from": self.from_version,
+            "to": self.to_version,
+            "why": self.why,
+        }
+
+    def render(self) -> str:
+        import json
+
+        return json.dumps(
+            {
+                "alias": self.alias,
+                "action": self.action,
+                "who": self.who,
+                "from": self.from_version,
+                "to": self.to_version,
+                "why": self.why[:2000],
+            }
+        )
+
+    @classmethod
+    def parse(cls, key: str, value: str) -> AliasMove | None:
+        """None for a tag that is not a well-formed record."""
+        import json
+
+        try:
+            when_ms = int(key[len(AUDIT_PREFIX) :].split(".", 1)[0])
+            data = json.loads(value)
+            return cls(
+                when_ms,
+                str(data["alias"]),
+                str(data["action"]),
+                str(data["who"]),
+                None if data.get("from") is None else str(data["from"]),
+                str(data["to"]),
+                str(data.get("why", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None

@@ -55,6 +55,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("--metric", default=TRAIN_DEFAULTS.metric, help="metric compared under --promote auto")
     p.add_argument("--alias", default=defaults.model_alias, help="alias to move")
+    p.add_argument(
+        "--eval-data", default=None, help="fixed evaluation CSV both models are scored on [held-out split]"
+    )
+    p.add_argument(
+        "--min-delta",
+        type=float,
+        default=TRAIN_DEFAULTS.min_delta,
+        help="how much worse than the champion is still ok",
+    )
+    p.add_argument(
+        "--threshold", action="append", default=[], metavar="METRIC>=VALUE", help="absolute bar (repeatable)"
+    )
+    p.add_argument(
+        "--require-approval",
+        action="store_true",
+        default=defaults.require_approval,
+        help="promotion only marks the version; `modelops approve` moves the alias [$MODELOPS_REQUIRE_APPROVAL]",
+    )
     p.add_argument("--wait-s", type=float, default=defaults.wait_s, help="how long to wait for MLflow")
     p.add_argument(
         "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest --data download or file [1 GiB]"
@@ -103,12 +121,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         signing_key_path=signing_key,
         max_bytes=args.max_bytes,
         positive_class=args.positive_class,
+        eval_data=args.eval_data,
+        min_delta=args.min_delta,
+        thresholds=args.threshold,
+        require_approval=args.require_approval,
+        image=settings.image,
     )
     outcome = run_training(options)
     if args.output == "json":
         print(json.dumps(outcome.to_dict()))
         return 0
-    verdict = "promoted" if outcome.promoted else "not promoted"
+    verdict = (
+        "promoted"
+        if outcome.promoted
+        else ("awaiting approval" if outcome.awaiting_approval else "not promoted")
+    )
     print(
         f"run {outcome.run_id}: registered {outcome.model_name} v{outcome.version}, {verdict} ({outcome.reason})"
     )
@@ -312,6 +339,70 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t.set_defaults(func=_cmd_smoke)
 
 
+def _add_governance(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    defaults = TrainerSettings()
+
+    def common(p: argparse.ArgumentParser) -> None:
+        _add_home(p)
+        p.add_argument("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI")
+        p.add_argument("--model-name", default=defaults.model_name, help="registered model name")
+        p.add_argument("--alias", default=defaults.model_alias, help="alias")
+
+    a = sub.add_parser("approve", help="move the alias to a version awaiting approval (operator credential)")
+    common(a)
+    a.add_argument("version", help="the version to approve")
+    a.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    a.set_defaults(func=_cmd_approve)
+    h = sub.add_parser("history", help="every recorded alias move: who, when, why, from, to")
+    common(h)
+    h.add_argument("--output", choices=("text", "json"), default="text")
+    h.set_defaults(func=_cmd_history)
+
+
+def _operator_registry(args: argparse.Namespace) -> Any:
+    """The registry as the operator: the environment's principal, else the local platform's operator."""
+    from modelops.auth import OPERATOR
+    from modelops.registry import Registry
+    from modelops.settings import RegistrySettings
+
+    settings = RegistrySettings(
+        tracking_uri=args.tracking_uri, model_name=args.model_name, model_alias=args.alias
+    )
+    stored = _home(args) / "credentials" / OPERATOR
+    if settings.tracking_username is None and stored.is_file():
+        from pydantic import SecretStr
+
+        settings = settings.model_copy(
+            update={"tracking_username": OPERATOR, "tracking_password": SecretStr(stored.read_text().strip())}
+        )
+    return Registry(settings)
+
+
+def _cmd_approve(args: argparse.Namespace) -> int:
+    registry = _operator_registry(args)
+    version = registry.get_version(args.version)
+    if version.tags.get("modelops.awaiting_approval") != "true":
+        raise InvalidInput(f"v{version.version} is not awaiting approval", field="version")
+    previous = registry.move_alias(version.version, action="approval", why=args.reason)
+    registry.set_version_tags(
+        version.version, {"modelops.awaiting_approval": "false", "modelops.approval_reason": args.reason}
+    )
+    print(f"alias {registry.alias!r}: v{previous} -> v{version.version} (approved: {args.reason})")
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    moves = [m.to_dict() for m in _operator_registry(args).audit()]
+    if args.output == "json":
+        print(json.dumps(moves))
+        return 0
+    for m in moves:
+        print(
+            f"{m['when']}  {m['alias']:<10} {m['action']:<9} v{m['from'] or '-'} -> v{m['to']}  by {m['who']}: {m['why']}"
+        )
+    return 0
+
+
 def _add_security(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a = sub.add_parser(
         "auth", help="MLflow principals (what the chart's MLflow pod runs before MLflow starts)"
@@ -418,7 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
-    registrars: list[Registrar] = [_add_train, _add_serve, _add_up, _add_client, _add_ops, _add_security]
+    registrars: list[Registrar] = [
+        _add_train,
+        _add_serve,
+        _add_up,
+        _add_client,
+        _add_ops,
+        _add_security,
+        _add_governance,
+    ]
     for add in registrars:
         add(sub)
     return parser

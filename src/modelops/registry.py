@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import SecretStr
 
-from modelops.alias import HISTORY_TAG, AliasHistory
+from modelops.alias import AUDIT_PREFIX, HISTORY_TAG, AliasHistory, AliasMove
 from modelops.errors import (
     InvalidInput,
     NothingToRollBack,
@@ -46,6 +46,7 @@ class VersionInfo:
     tags: dict[str, str]
     created_ms: int
     metrics: dict[str, float] = field(default_factory=dict)
+    download_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,6 +216,11 @@ class Registry:
             metrics=metrics or {},
         )
 
+    def with_download_uri(self, version: VersionInfo) -> VersionInfo:
+        """`version` with where its files are, as the tracking server resolves it."""
+        uri = self._call(lambda: self.client.get_model_version_download_uri(self.name, version.version))
+        return replace(version, download_uri=str(uri))
+
     def alias_version(self) -> VersionInfo | None:
         """The version the alias points to, or None when no version holds it (or the model is new)."""
 
@@ -373,8 +379,9 @@ class Registry:
             "registered-models/set-tag", {"name": self.name, "key": key, "value": history.render()}
         )
 
-    def move_alias(self, version: str) -> str | None:
-        """Point the alias at `version`, remembering the previous holder. Returns that previous version."""
+    def move_alias(self, version: str, *, action: str = "deploy", why: str = "") -> str | None:
+        """Point the alias at `version`, remembering the previous holder and recording the move in the audit
+        trail. Returns that previous version."""
         target = self.get_version(version)
         current = self.alias_version()
         if current is not None and current.version == target.version:
@@ -382,7 +389,45 @@ class Registry:
         self._set_alias(target.version)
         if current is not None:
             self._set_history(self._history().moved(current.version, target.version))
+        self._record(action, current.version if current else None, target.version, why)
         return current.version if current else None
+
+    def _record(self, action: str, from_version: str | None, to_version: str, why: str) -> None:
+        import secrets
+
+        move = AliasMove(
+            int(time.time() * 1000),
+            self.alias,
+            action,
+            self.writer.username or "anonymous",
+            from_version,
+            to_version,
+            why,
+        )
+        self.writer.post(
+            "registered-models/set-tag",
+            {"name": self.name, "key": move.key(secrets.token_hex(3)), "value": move.render()},
+        )
+        log.info(
+            "alias %r of %s: %s v%s -> v%s by %s (%s)",
+            self.alias,
+            self.name,
+            action,
+            from_version,
+            to_version,
+            move.who,
+            why,
+        )
+
+    def audit(self) -> list[AliasMove]:
+        """Every recorded alias move of this model (all aliases), oldest first."""
+        model = self._call(lambda: self.client.get_registered_model(self.name))
+        moves = [
+            move
+            for key, value in (model.tags or {}).items()
+            if key.startswith(AUDIT_PREFIX) and (move := AliasMove.parse(key, value)) is not None
+        ]
+        return sorted(moves, key=lambda m: m.when_ms)
 
     def previous_version(self) -> str:
         """The version `rollback` would move the alias to; NothingToRollBack when there is none."""
@@ -404,11 +449,12 @@ class Registry:
             )
         return found[0], found[1], current
 
-    def rollback(self) -> tuple[str | None, str]:
+    def rollback(self, why: str = "") -> tuple[str | None, str]:
         """Move the alias back to its previous holder. Returns (from_version, to_version)."""
         candidate, rest, current = self._rollback_target()
         self._set_alias(candidate)
         self._set_history(rest)
+        self._record("rollback", current.version if current else None, candidate, why)
         return (current.version if current else None, candidate)
 
     def _set_alias(self, version: str) -> None:

@@ -86,6 +86,12 @@ class TrainerSettings(RegistrySettings):
     signing_key_path: Path | None = Field(
         default=None, description="PEM elliptic-curve private key the trainer signs models with."
     )
+    require_approval: bool = Field(
+        default=False, description="A promotion only marks the version awaiting `modelops approve`."
+    )
+    image: str | None = Field(
+        default=None, description="Container image the trainer runs in (for model cards)."
+    )
 
 
 class ServerSettings(RegistrySettings):

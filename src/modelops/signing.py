@@ -122,6 +122,24 @@ class Verifier:
             handle.write(pem)
         return cls(Path(name))
 
+    @classmethod
+    def from_private_key(cls, path: Path) -> Verifier:
+        """The verifier matching a private key: the trainer checks the champion it compares against."""
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot read signing key {path}: {exc}", field="signing_key_path") from exc
+        fd, name = tempfile.mkstemp(prefix="modelops-signing-", suffix=".pem")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(
+                key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+        return cls(Path(name))
+
     def verify(self, model_dir: Path, *, model_name: str, run_id: str | None) -> None:
         """ModelRefused (with a reason label) unless the folder is exactly what the trainer signed for
         this model and run."""

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # MLmodel carries (`skops_trusted_types`) is never read, or an artifact could trust `os.system`.
 TRUSTED_SKOPS_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
 MODEL_DIR_PREFIX = "model-v"
+DOWNLOAD_SCHEMES = ("mlflow-artifacts", "models", "runs")
 
 
 @dataclass(frozen=True)
@@ -219,15 +220,23 @@ def load_model(
     running code from the artifact, and warm it up. ModelRefused when a trust check fails."""
     import mlflow
 
+    uri = version.download_uri or f"models:/{version.name}/{version.version}"
+    if uri.split(":", 1)[0] not in DOWNLOAD_SCHEMES:
+        # only through the tracking server: a version whose source is a local path or a foreign URL is not fetched
+        raise ModelRefused(
+            f"the version's files are at {uri.split(':', 1)[0]}: URIs, not in MLflow",
+            reason="untrusted_source",
+        )
     start = time.perf_counter()
     base = Path(tempfile.mkdtemp(prefix=f"{MODEL_DIR_PREFIX}{version.version}-", dir=work_dir))
     try:
+        # the version's own artifact location (resolved by the registry client, which knows its URI): MLflow's
+        # `models:/` resolution falls back to the process-wide registry URI, which this package never sets
         path = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{version.name}/{version.version}",
+                artifact_uri=uri,
                 dst_path=str(base),
                 tracking_uri=tracking_uri,
-                registry_uri=tracking_uri,
             )
         )
         loaded = load_local(path, version, metrics, verifier, allow_pyfunc)

@@ -63,6 +63,7 @@ class AliasWatcher:
         start = time.perf_counter()
         try:
             run_metrics = await asyncio.to_thread(self.registry.run_metrics, version.run_id)
+            version = await asyncio.to_thread(self.registry.with_download_uri, version)
             model = await asyncio.to_thread(
                 load_model,
                 version,

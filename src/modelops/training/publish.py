@@ -13,13 +13,13 @@ from typing import Any
 from modelops import __version__
 from modelops.errors import ConfigError, InvalidInput, RegistryUnavailable
 from modelops.registry import MODEL_ARTIFACT_PATH, Registry, classify
+from modelops.training.card import CARD_JSON, CARD_MD, build_card, render_markdown
 from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, load_dataset
+from modelops.training.evaluation import Comparison, Threshold, decide, score_candidate, score_champion
 from modelops.training.train import (
-    LOWER_IS_BETTER,
     PROMOTE_MODES,
     TrainResult,
     fit_and_evaluate,
-    is_better,
     parse_params,
     reference_stats,
 )
@@ -56,6 +56,11 @@ class TrainOptions:
     signing_key_path: Path | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     positive_class: str | None = None
+    eval_data: str | None = None
+    min_delta: float = 0.0
+    thresholds: list[str] = field(default_factory=list)
+    require_approval: bool = False
+    image: str | None = None
 
 
 @dataclass
@@ -71,6 +76,8 @@ class TrainOutcome:
     metrics: dict[str, float]
     champion_version: str | None
     timings_s: dict[str, float]
+    awaiting_approval: bool = False
+    evaluation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +89,8 @@ class TrainOutcome:
             "reason": self.reason,
             "metrics": self.metrics,
             "champion_version": self.champion_version,
+            "awaiting_approval": self.awaiting_approval,
+            "evaluation": self.evaluation,
             "timings_s": self.timings_s,
         }
 
@@ -106,29 +115,6 @@ def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow-skinny", "scikit-learn", "numpy", "pandas", "skops")]
-
-
-def decide(
-    promote: str,
-    metric: str,
-    new_metrics: dict[str, float],
-    champion: Any,
-    champion_metrics: dict[str, float],
-) -> tuple[bool, str]:
-    """The alias decision as (promote?, reason)."""
-    if promote == "always":
-        return True, "--promote always"
-    if promote == "never":
-        return False, "--promote never"
-    if champion is None:
-        return True, "no version held the alias yet"
-    if metric not in champion_metrics:
-        return True, f"champion v{champion.version} has no {metric} metric"
-    new, old = new_metrics[metric], champion_metrics[metric]
-    direction = "<=" if metric in LOWER_IS_BETTER else ">="
-    if is_better(new, old, metric):
-        return True, f"{metric} {new:.4f} {direction} champion v{champion.version}'s {old:.4f}"
-    return False, f"{metric} {new:.4f} is worse than champion v{champion.version}'s {old:.4f}"
 
 
 def _log_signed_model(
@@ -197,7 +183,7 @@ def _mark_failed(client: Any, run_id: str, wait_s: float) -> bool:
 
 
 def _log_run(
-    result: TrainResult, dataset: Dataset, options: TrainOptions, registry: Registry
+    result: TrainResult, dataset: Dataset, options: TrainOptions, registry: Registry, comparison: Comparison
 ) -> tuple[str, str]:
     """Log params, metrics, artifacts and the signed model as one run (explicit client: no global MLflow
     state), register a version. Returns (run_id, version). A run that fails half-way is marked FAILED."""
@@ -226,6 +212,19 @@ def _log_run(
                 params=[Param(k, str(v)) for k, v in _params(result, dataset, options).items()],
             )
             client.log_dict(run_id, reference_stats(result.x_train), "reference_stats.json")
+            # both models' scores on the same rows, as metrics (comparable across runs) and as the whole record
+            client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(f"eval.{who}.{k}", float(v), now, 0)
+                    for who, scores in (
+                        ("candidate", comparison.candidate),
+                        ("champion", comparison.champion or {}),
+                    )
+                    for k, v in scores.items()
+                ],
+            )
+            client.log_dict(run_id, comparison.to_dict(), "evaluation.json")
             frame = dataset.features.assign(**{options.target: dataset.target.to_numpy()})
             # For the built-in set MLflow records the code that loaded it as the source.
             source = {} if dataset.source == BUILTIN else {"source": dataset.source}
@@ -285,6 +284,13 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         )
     lap("fit_evaluate")
 
+    thresholds = [Threshold.parse(t) for t in options.thresholds]
+    for threshold in thresholds:
+        if threshold.metric not in result.metrics:
+            raise InvalidInput(f"--threshold names an unknown metric {threshold.metric!r}", field="threshold")
+    rows, eval_x, eval_y = _evaluation_rows(options, dataset, result)
+    lap("fit_evaluate")
+
     from modelops.settings import RegistrySettings
 
     registry = Registry(
@@ -294,17 +300,32 @@ def run_training(options: TrainOptions) -> TrainOutcome:
     )
     registry.wait_until_reachable(options.wait_s)
     lap("connect")
-    run_id, version = _log_run(result, dataset, options, registry)
+    champion = registry.alias_version()
+    comparison = Comparison(
+        rows, len(eval_y), score_candidate(result.model, eval_x, eval_y, result.positive_class)
+    )
+    comparison.thresholds = {str(t): t.passes(comparison.candidate[t.metric]) for t in thresholds}
+    if champion is not None:
+        comparison.champion_version = champion.version
+        if options.promote == "auto":
+            _score_champion(champion, options, comparison, eval_x, eval_y, result.positive_class)
+    promoted, reason = decide(options.promote, options.metric, options.min_delta, comparison, thresholds)
+    awaiting = promoted and options.require_approval
+    lap("evaluate_champion")
+    run_id, version = _log_run(result, dataset, options, registry, comparison)
     lap("log_register")
 
-    champion = registry.alias_version()
-    champion_metrics = registry.run_metrics(champion.run_id) if champion else {}
-    promoted, reason = decide(options.promote, options.metric, result.metrics, champion, champion_metrics)
-    if promoted:
-        registry.move_alias(version)
+    if awaiting:
+        registry.set_version_tags(
+            version, {"modelops.awaiting_approval": "true", "modelops.approval_reason": reason}
+        )
+        promoted, reason = False, f"awaiting approval (`modelops approve {version}`): {reason}"
+    elif promoted:
+        registry.move_alias(version, action="promotion", why=reason)
     registry.set_version_tags(
         version, {"modelops.promoted": str(promoted).lower(), "modelops.promotion_reason": reason}
     )
+    _log_card(registry, result, dataset, options, run_id, version, comparison, promoted, awaiting, reason)
     after = registry.alias_version()
     lap("promote")
     return TrainOutcome(
@@ -317,4 +338,105 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         metrics=result.metrics,
         champion_version=after.version if after else None,
         timings_s=timings,
+        awaiting_approval=awaiting,
+        evaluation=comparison.to_dict(),
     )
+
+
+def _evaluation_rows(options: TrainOptions, dataset: Dataset, result: TrainResult) -> tuple[str, Any, Any]:
+    """(description, features, labels) both models are scored on: --eval-data, else the held-out split."""
+    if options.eval_data is None:
+        assert result.x_test is not None and result.y_test is not None
+        return "the candidate's held-out split", result.x_test, result.y_test
+    data = load_dataset(
+        options.eval_data, options.target, options.s3_endpoint_url, max_bytes=options.max_bytes
+    )
+    missing = [c for c in dataset.features.columns if c not in data.features.columns]
+    if missing:
+        raise InvalidInput(
+            f"--eval-data lacks the training features {', '.join(map(str, missing[:5]))}", field="eval_data"
+        )
+    return f"--eval-data {data.source}", data.features, data.target.to_numpy()
+
+
+def _score_champion(
+    champion: Any, options: TrainOptions, comparison: Comparison, x: Any, y: Any, positive: Any
+) -> None:
+    """Load the champion the way a server does (signature verified, no code from the artifact) and score it on
+    the same rows; a champion that cannot be loaded is reported in the comparison, never silently beaten."""
+    from modelops.errors import ModelOpsError
+    from modelops.serving.model import load_model
+    from modelops.settings import RegistrySettings
+    from modelops.signing import Verifier
+
+    assert options.signing_key_path is not None
+    try:
+        located = Registry(
+            RegistrySettings(
+                tracking_uri=options.tracking_uri, model_name=options.model_name, model_alias=options.alias
+            )
+        ).with_download_uri(champion)
+        loaded = load_model(
+            located, options.tracking_uri, {}, None, Verifier.from_private_key(options.signing_key_path)
+        )
+    except ModelOpsError as exc:
+        comparison.champion_error = f"cannot be loaded: {exc.message}"
+        return
+    try:
+        comparison.champion = score_champion(loaded, x, y, positive)
+    except ModelOpsError as exc:
+        comparison.champion_error = exc.message
+    finally:
+        loaded.release()
+
+
+def _log_card(
+    registry: Registry,
+    result: TrainResult,
+    dataset: Dataset,
+    options: TrainOptions,
+    run_id: str,
+    version: str,
+    comparison: Comparison,
+    promoted: bool,
+    awaiting: bool,
+    reason: str,
+) -> None:
+    commit = options.git_commit or _git_commit()
+    card = build_card(
+        model_name=options.model_name,
+        version=version,
+        run_id=run_id,
+        algorithm=result.algorithm,
+        params=_params(result, dataset, options),
+        data={
+            "source": dataset.source,
+            "digest": dataset.digest,
+            "rows": dataset.n_rows,
+            "features": dataset.n_features,
+            "target": options.target,
+            "positive_class": result.positive_class,
+        },
+        metrics=result.metrics,
+        evaluation=comparison.to_dict(),
+        decision={
+            "outcome": "awaiting approval" if awaiting else ("promoted" if promoted else "not promoted"),
+            "reason": reason,
+        },
+        signature=_signature_dict(registry, run_id),
+        reference_stats=reference_stats(result.x_train),
+        lineage={"modelops": __version__, "git_commit": commit, "image": options.image},
+    )
+    registry.client.log_dict(run_id, card, CARD_JSON)
+    registry.client.log_text(run_id, render_markdown(card), CARD_MD)
+
+
+def _signature_dict(registry: Registry, run_id: str) -> dict[str, Any] | None:
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = registry.client.download_artifacts(run_id, f"{MODEL_ARTIFACT_PATH}/MLmodel", tmp)
+        signature = yaml.safe_load(Path(path).read_text()).get("signature")
+    return dict(signature) if isinstance(signature, dict) else None

@@ -31,6 +31,8 @@ class TrainResult:
     x_train: pd.DataFrame
     classes: list[Any]
     positive_class: Any = None
+    x_test: pd.DataFrame | None = None
+    y_test: np.ndarray | None = None
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -113,12 +115,17 @@ def positive_label(classes: list[Any], positive_class: str | None) -> Any:
 
 
 def evaluate(model: Any, x: np.ndarray, y: np.ndarray, positive: Any = None) -> dict[str, float]:
-    """Classification metrics on held-out data. Binary metrics are about the `positive` class."""
+    """Classification metrics of a fitted estimator on held-out data."""
+    return score_predictions(list(model.classes_), model.predict(x), model.predict_proba(x), y, positive)
+
+
+def score_predictions(
+    classes: list[Any], predicted: np.ndarray, proba: np.ndarray, y: np.ndarray, positive: Any = None
+) -> dict[str, float]:
+    """Classification metrics from predicted labels and class probabilities (columns follow `classes`).
+    Binary metrics are about the `positive` class. Works for any model, ours or a loaded champion."""
     from sklearn import metrics
 
-    predicted = model.predict(x)
-    proba = model.predict_proba(x)
-    classes = list(model.classes_)
     binary = len(classes) == 2
     if binary:
         positive = positive if positive is not None else positive_label(classes, None)
@@ -126,7 +133,7 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, positive: Any = None) -> 
         roc_auc = metrics.roc_auc_score(np.asarray(y) == positive, proba[:, column])
         averaging: dict[str, Any] = {"average": "binary", "pos_label": positive}
     else:
-        roc_auc = metrics.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)
+        roc_auc = metrics.roc_auc_score(y, proba, multi_class="ovr", labels=classes)
         averaging = {"average": "macro"}
     return {
         "accuracy": float(metrics.accuracy_score(y, predicted)),
@@ -134,7 +141,7 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, positive: Any = None) -> 
         "recall": float(metrics.recall_score(y, predicted, zero_division=0, **averaging)),
         "f1": float(metrics.f1_score(y, predicted, zero_division=0, **averaging)),
         "roc_auc": float(roc_auc),
-        "log_loss": float(metrics.log_loss(y, proba, labels=model.classes_)),
+        "log_loss": float(metrics.log_loss(y, proba, labels=classes)),
     }
 
 
@@ -173,7 +180,9 @@ def fit_and_evaluate(
     fit_time = time.perf_counter() - start
     metrics = evaluate(model, x_test.to_numpy(), y_test, positive)
     metrics["fit_time_s"] = fit_time
-    return TrainResult(model, algorithm, params, metrics, x_train, list(model.classes_), positive)
+    return TrainResult(
+        model, algorithm, params, metrics, x_train, list(model.classes_), positive, x_test, y_test
+    )
 
 
 def is_better(candidate: float, champion: float, metric: str) -> bool:
