@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pandas as pd
 import pytest
 
 from modelops.errors import InvalidInput
-from modelops.training.publish import decide
+from modelops.training.evaluation import Comparison, Threshold, decide
 from modelops.training.train import build_model, parse_params, reference_stats
 
 
@@ -41,32 +39,63 @@ def test_build_model_names_unknown_parameter_and_algorithm() -> None:
     assert build_model("logreg", {"C": 2.0}, 0).named_steps["clf"].C == 2.0
 
 
-CHAMPION = SimpleNamespace(version="3")
+def comparison(metric: str, new: float, old: float | None, champion: str | None) -> Comparison:
+    return Comparison(
+        "the candidate's held-out split",
+        114,
+        {metric: new},
+        champion_version=champion,
+        champion=None if old is None else {metric: old},
+    )
 
 
 @pytest.mark.parametrize(
-    ("promote", "metric", "new", "old", "champion", "expected"),
+    ("promote", "metric", "new", "old", "champion", "delta", "expected"),
     [
-        ("auto", "roc_auc", 0.95, 0.90, CHAMPION, True),
-        ("auto", "roc_auc", 0.90, 0.90, CHAMPION, True),  # ties promote (>=)
-        ("auto", "roc_auc", 0.89, 0.90, CHAMPION, False),
-        ("auto", "log_loss", 0.10, 0.20, CHAMPION, True),  # lower is better
-        ("auto", "log_loss", 0.30, 0.20, CHAMPION, False),
-        ("auto", "roc_auc", 0.10, None, None, True),  # nobody holds the alias yet
-        ("always", "roc_auc", 0.10, 0.90, CHAMPION, True),
-        ("never", "roc_auc", 0.99, 0.10, CHAMPION, False),
+        ("auto", "roc_auc", 0.95, 0.90, "3", 0.0, True),
+        ("auto", "roc_auc", 0.90, 0.90, "3", 0.0, True),  # ties promote (>=)
+        ("auto", "roc_auc", 0.89, 0.90, "3", 0.0, False),
+        ("auto", "roc_auc", 0.89, 0.90, "3", 0.02, True),  # within the non-inferiority margin
+        ("auto", "log_loss", 0.10, 0.20, "3", 0.0, True),  # lower is better
+        ("auto", "log_loss", 0.30, 0.20, "3", 0.0, False),
+        ("auto", "log_loss", 0.21, 0.20, "3", 0.05, True),
+        ("auto", "roc_auc", 0.10, None, None, 0.0, True),  # nobody holds the alias yet
+        ("always", "roc_auc", 0.10, 0.90, "3", 0.0, True),
+        ("never", "roc_auc", 0.99, 0.10, "3", 0.0, False),
     ],
 )
-def test_promotion_decision(
-    promote: str, metric: str, new: float, old: float | None, champion: object, expected: bool
+def test_promotion_decision_on_the_same_rows(
+    promote: str,
+    metric: str,
+    new: float,
+    old: float | None,
+    champion: str | None,
+    delta: float,
+    expected: bool,
 ) -> None:
-    promoted, reason = decide(promote, metric, {metric: new}, champion, {} if old is None else {metric: old})
-    assert promoted is expected and reason
+    promoted, reason = decide(promote, metric, delta, comparison(metric, new, old, champion), [])
+    assert promoted is expected
+    if promote == "auto" and old is not None:  # both numbers, and where they were measured
+        assert f"{new:.4f}" in reason and f"{old:.4f}" in reason and "114 rows" in reason
 
 
-def test_champion_without_the_metric_is_replaced() -> None:
-    promoted, reason = decide("auto", "f1", {"f1": 0.5}, CHAMPION, {"roc_auc": 0.9})
-    assert promoted and "no f1 metric" in reason
+def test_a_champion_that_could_not_be_scored_is_not_replaced_automatically() -> None:
+    failed = comparison("roc_auc", 0.99, None, "3")
+    failed.champion_error = "cannot be loaded: the model is not signed"
+    promoted, reason = decide("auto", "roc_auc", 0.0, failed, [])
+    assert not promoted and "champion v3 could not be evaluated" in reason and "not signed" in reason
+
+
+def test_thresholds_bar_promotion_and_parse_strictly() -> None:
+    bar = Threshold.parse("accuracy >= 0.9")
+    assert (bar.metric, bar.op, bar.value) == ("accuracy", ">=", 0.9) and str(bar) == "accuracy>=0.9"
+    scored = comparison("accuracy", 0.85, None, None)
+    scored.thresholds = {str(bar): bar.passes(0.85)}
+    promoted, reason = decide("auto", "accuracy", 0.0, scored, [bar])
+    assert not promoted and "fails --threshold accuracy>=0.9" in reason and "0.8500" in reason
+    with pytest.raises(InvalidInput) as info:
+        Threshold.parse("accuracy > 0.9")
+    assert info.value.field == "threshold"
 
 
 def test_reference_stats() -> None:
