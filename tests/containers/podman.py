@@ -1,12 +1,14 @@
 """Podman on these machines: configuration, a Debian base image made with debootstrap (cached), image builds.
 
-Rootful podman with runc, cgroupfs and explicit ulimits (see shared/containers.md); a private storage
-folder keeps test images apart from anything else on the machine. The base images are saved as files
+Rootful podman with runc, cgroupfs and explicit ulimits (see shared/containers.md), and the CNI network
+backend where its DNS plugin is installed (see `network_backend`); a private storage folder keeps test images
+apart from anything else on the machine. The base images are saved as files
 keyed by their package list, so a re-run loads them in seconds instead of running debootstrap again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +31,8 @@ POSTGRES_BASE_IMAGE = "localhost/modelops-e2e-postgres-base:bookworm"
 APP_IMAGE = "localhost/modelops:e2e"
 POSTGRES_IMAGE = "localhost/modelops-e2e-postgres:15"
 MOTO_IMAGE = "localhost/modelops-e2e-moto:5"
+# What `podman exec`/`podman run` itself may take on a busy machine, on top of the command's own timeout.
+PODMAN_OVERHEAD_S = 10.0
 
 CONTAINERS_CONF = """[containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
@@ -35,16 +40,53 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 """
+# Where podman (before 5.0) looks for CNI plugins (containers.conf's cni_plugin_dirs default).
+CNI_PLUGIN_DIRS = (
+    "/usr/local/libexec/cni",
+    "/usr/libexec/cni",
+    "/usr/local/lib/cni",
+    "/usr/lib/cni",
+    "/opt/cni/bin",
+)
+
+
+@functools.cache
+def network_backend() -> str | None:
+    """The network backend the harness asks podman for, or None to leave podman's own choice (netavark for a
+    new storage when it is installed, else CNI).
+
+    CNI whenever podman still has it (before 5.0) and the dnsname plugin is installed
+    (golang-github-containernetworking-plugin-dnsname, which .ci/run installs): bookworm's aardvark-dns 1.4,
+    netavark's DNS server, restarts its listeners whenever a container joins or leaves a network and drops the
+    queries that arrive meanwhile (containers/aardvark-dns#389, fixed upstream in 2024), so with a dozen
+    containers starting at once a workload now and then fails to resolve a Service. dnsname's dnsmasq reloads
+    without dropping queries."""
+    if not any(Path(folder, "dnsname").exists() for folder in CNI_PLUGIN_DIRS):
+        return None
+    version = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"(\d+)\.\d+", version)
+    return "cni" if match and int(match.group(1)) < 5 else None
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace a config file atomically and only when it changes: podman processes read it concurrently."""
+    if path.exists() and path.read_text() == text:
+        return
+    part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    part.write_text(text)
+    part.replace(path)
 
 
 def environment() -> dict[str, str]:
     """Environment for podman commands: our containers.conf and a private storage."""
     CACHE.mkdir(parents=True, exist_ok=True)
     conf = CACHE / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
+    backend = network_backend()
+    _write(conf, CONTAINERS_CONF + (f'[network]\nnetwork_backend = "{backend}"\n' if backend else ""))
     storage = CACHE / "storage.conf"
-    storage.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{CACHE / "storage"}"\nrunroot = "{CACHE / "run"}"\n'
+    _write(
+        storage,
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{CACHE / "storage"}"\nrunroot = "{CACHE / "run"}"\n',
     )
     return {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
@@ -65,9 +107,7 @@ def podman(
 def usable() -> str | None:
     """None when rootful podman can run a container here, else the reason it cannot."""
     if shutil.which("podman") is None:
-        return (
-            "podman is not installed (apt-get install podman buildah runc debootstrap fuse-overlayfs uidmap)"
-        )
+        return "podman is not installed (see DEVELOPERS.md for the packages; .ci/run installs them)"
     if os.geteuid() != 0:
         return "the container tests need rootful podman (run as root, as CI does)"
     if shutil.which("debootstrap") is None:
@@ -149,7 +189,8 @@ def _build(tag: str, containerfile: Path, context: Path, build_args: dict[str, s
 
 def build_images() -> dict[str, str]:
     """Every image the end-to-end test runs: the product image (the repo's Dockerfile, unchanged, on a
-    local base), PostgreSQL (Debian's package, behaving like the official image) and moto (S3 endpoint)."""
+    local base), PostgreSQL (Debian's package, behaving like the official image), moto (S3 endpoint), and
+    the base itself (python3 for the harness's network checks)."""
     here = Path(__file__).resolve().parent
     # Independent steps run side by side: they wait mostly on the network and the package index.
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -172,4 +213,4 @@ def build_images() -> dict[str, str]:
         ]
         for future in builds:
             future.result()
-    return {"app": APP_IMAGE, "postgres": POSTGRES_IMAGE, "moto": MOTO_IMAGE}
+    return {"base": BASE_IMAGE, "app": APP_IMAGE, "postgres": POSTGRES_IMAGE, "moto": MOTO_IMAGE}

@@ -20,12 +20,15 @@ import yaml
 
 from tests.chart.conftest import CHART
 from tests.containers import podman as pm
-from tests.containers.kube import Cluster
+from tests.containers.kube import BUSY_MACHINE_FACTOR, Cluster, probe_allowance_s
 from tests.tools import tool_path
 
 RELEASE = "e2e"
 VALUES = CHART / "ci" / "containers-values.yaml"
 MOTO_KEYS = {"access-key-id": "e2e-access-key", "secret-access-key": "e2e-secret-key-not-a-real-one"}
+# One request from the client container (the model server's own request deadline is far shorter; this only
+# keeps a hung request from hanging the test).
+REQUEST_TIMEOUT_S = 60
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]  # a cold image build takes minutes
 
@@ -73,10 +76,13 @@ def cluster() -> Iterator[Cluster]:
     objects = render()
     # The externalS3 credentials the user would have created as a Secret before installing.
     objects.append({"kind": "Secret", "metadata": {"name": "moto-credentials"}, "stringData": MOTO_KEYS})
-    cluster = Cluster(objects, prefix=f"mo-{uuid.uuid4().hex[:6]}", namespace="e2e")
+    cluster = Cluster(
+        objects, prefix=f"mo-{uuid.uuid4().hex[:6]}", namespace="e2e", tool_image=images["base"]
+    )
     try:
         cluster.check_services()
-        pm.podman("network", "create", cluster.network)
+        # fails (never skips) when containers on the network cannot resolve each other by name
+        cluster.create_network()
         # Helpers on the release's network that are not part of the chart: the S3 endpoint and a client.
         side_container(cluster, "moto", "--network-alias", "moto", images["moto"])
         side_container(
@@ -91,7 +97,15 @@ def cluster() -> Iterator[Cluster]:
 
 def in_client(cluster: Cluster, code: str) -> Any:
     """Run Python in the client container on the release's network; returns what it prints as JSON."""
-    result = pm.podman("exec", f"{cluster.prefix}-client", "python3", "-c", code, check=False, timeout=120)
+    result = pm.podman(
+        "exec",
+        f"{cluster.prefix}-client",
+        "python3",
+        "-c",
+        code,
+        check=False,
+        timeout=REQUEST_TIMEOUT_S + pm.PODMAN_OVERHEAD_S,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -103,16 +117,18 @@ def http(
         cluster,
         f"""
 import httpx, json
-r = httpx.request({method!r}, {url!r}, json={body!r}, headers={headers or {}!r}, timeout=60)
+r = httpx.request({method!r}, {url!r}, json={body!r}, headers={headers or {}!r}, timeout={REQUEST_TIMEOUT_S})
 print(json.dumps({{"status": r.status_code, "body": r.json(), "version": r.headers.get("x-model-version")}}))
 """,
     )
 
 
+def model_server(cluster: Cluster) -> dict[str, Any]:
+    return next(w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("model-server"))
+
+
 def replica_versions(cluster: Cluster) -> list[str | None]:
-    server = next(
-        w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("model-server")
-    )
+    server = model_server(cluster)
     versions = []
     for pod in cluster.pods(server):
         name = cluster.container_name(pod, pod.spec["containers"][0])
@@ -128,12 +144,28 @@ def replica_versions(cluster: Cluster) -> list[str | None]:
     return versions
 
 
-def wait_replicas(cluster: Cluster, version: str, timeout_s: float = 90) -> None:
+def convergence_s(cluster: Cluster) -> float:
+    """How long the chart gives a replica to follow the alias: one poll interval plus the back-off after
+    failed polls, then loading the model, which its startup allowance covers; stretched for a busy machine."""
+    container = model_server(cluster)["spec"]["template"]["spec"]["containers"][0]
+    env = {
+        e["name"]: float(e["value"])
+        for e in container["env"]
+        if e["name"].startswith("MODELOPS_POLL_") and "value" in e
+    }
+    poll = env["MODELOPS_POLL_INTERVAL_S"] + env["MODELOPS_POLL_BACKOFF_MAX_S"]
+    return (poll + probe_allowance_s(container.get("startupProbe"))) * BUSY_MACHINE_FACTOR
+
+
+def wait_replicas(cluster: Cluster, version: str) -> None:
     import time
 
-    deadline = time.monotonic() + timeout_s
+    allowance = convergence_s(cluster)
+    deadline = time.monotonic() + allowance
     while (seen := replica_versions(cluster)) != [version] * len(seen):
-        assert time.monotonic() < deadline, f"replicas serve {seen}, expected v{version} everywhere"
+        assert time.monotonic() < deadline, (
+            f"replicas serve {seen} after {allowance:.0f} s, expected v{version} everywhere"
+        )
         time.sleep(1)
 
 
@@ -162,14 +194,8 @@ def test_install_train_predict_deploy_restart(cluster: Cluster) -> None:
         wait_replicas(cluster, "2")
 
         # POST /deploy through the Service with the token from the rendered Secret: both replicas converge
-        secret = next(
-            o
-            for o in cluster.objects
-            if o["kind"] == "Secret" and o["metadata"]["name"].endswith("credentials")
-        )
-        import base64
-
-        token = base64.b64decode(secret["data"]["admin-token"]).decode()
+        credentials = cluster.secrets[f"{prefix}-credentials"]
+        token = credentials["admin-token"]
         unauthorized = http(cluster, "POST", f"{server_url}/deploy", {"version": "1"})
         assert unauthorized["status"] == 401
         deployed = http(
@@ -179,16 +205,25 @@ def test_install_train_predict_deploy_restart(cluster: Cluster) -> None:
         wait_replicas(cluster, "1")
 
         # MLflow's backend is PostgreSQL: restart MLflow and the runs are still there
+        mlflow_deployment = next(
+            w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("mlflow")
+        )
+        mlflow_args = mlflow_deployment["spec"]["template"]["spec"]["containers"][0].get("args", [])
+        # with MLflow's basic-auth app, read the runs as the chart's `operator` principal
+        login = (
+            ("operator", credentials["mlflow-operator-password"])
+            if "--app-name=basic-auth" in mlflow_args
+            else None
+        )
         runs_query = f"""
 import httpx, json
-r = httpx.post({mlflow_url + "/api/2.0/mlflow/runs/search"!r}, json={{"experiment_ids": ["1"]}}, timeout=30)
+r = httpx.post({mlflow_url + "/api/2.0/mlflow/runs/search"!r}, json={{"experiment_ids": ["1"]}},
+               auth={login!r}, timeout={REQUEST_TIMEOUT_S})
+r.raise_for_status()
 print(json.dumps(len(r.json().get("runs", []))))
 """
         before = in_client(cluster, runs_query)
         assert before == 2
-        mlflow_deployment = next(
-            w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("mlflow")
-        )
         cluster.restart(cluster.pods(mlflow_deployment)[0])
         assert in_client(cluster, runs_query) == before
         postgres = next(
