@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.tools import tool_path
+from tests.helm import CHART as CHART  # re-exported, with ROOT: the chart tests import them from here
+from tests.helm import ROOT as ROOT
+from tests.helm import helm_path, render_chart
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "modelops-stack"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
 
@@ -27,18 +25,14 @@ CRD_GROUPS = ("gateway.networking.k8s.io/", "monitoring.coreos.com/", "external-
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    path = tool_path("helm")
-    if path is None:
-        pytest.skip("helm not found: run `python -m tests.tools` (make test does) or install helm")
-    return path
-
-
-def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(helm), *args], capture_output=True, text=True, check=False)
+    """The helm binary; skips the test when there is none."""
+    return helm_path()
 
 
 @pytest.fixture(scope="session")
 def render(helm: Path) -> Callable[..., list[dict[str, Any]]]:
+    """`render(*values_files, sets=(), namespace="mlops")`: tests.helm.render_chart for release `rel`, cached
+    for the session (the same list for the same arguments: do not change it, copy it)."""
     cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
     def _render(
@@ -46,14 +40,7 @@ def render(helm: Path) -> Callable[..., list[dict[str, Any]]]:
     ) -> list[dict[str, Any]]:
         key = (values_files, sets, namespace)
         if key not in cache:
-            args = ["template", "rel", str(CHART), "--namespace", namespace]
-            for f in values_files:
-                args += ["-f", str(f)]
-            for s in sets:
-                args += ["--set", s]
-            result = run_helm(helm, *args)
-            assert result.returncode == 0, result.stderr
-            cache[key] = [d for d in yaml.safe_load_all(result.stdout) if d]
+            cache[key] = render_chart(values_files=values_files, set_values=sets, namespace=namespace)
         return cache[key]
 
     return _render

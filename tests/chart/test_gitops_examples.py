@@ -10,8 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, CRD_GROUPS, ROOT, containers, find, run_helm, values_file
+from tests.chart.conftest import CRD_GROUPS, ROOT, containers, find, values_file
 from tests.chart.test_policies import GENERATED_KEYS
+from tests.helm import HelmError, render_chart
 
 Render = Callable[..., list[dict[str, Any]]]
 EXAMPLES = sorted((ROOT / "examples").glob("values-*.yaml"))
@@ -65,22 +66,17 @@ def test_external_secrets_replace_the_generated_secret(render: Render) -> None:
     assert {d["secretKey"] for d in external["spec"]["data"]} == GENERATED_KEYS
 
 
-def test_external_secrets_need_a_signing_secret_of_yours(helm: Path) -> None:
+def test_external_secrets_need_a_signing_secret_of_yours() -> None:
     """Without lookup a generated signing key would change on every render: refused, with what to do."""
-    result = run_helm(
-        helm,
-        "template",
-        "rel",
-        str(CHART),
-        "--set",
-        "externalSecrets.enabled=true",
-        "--set",
-        "externalSecrets.secretStoreRef.name=vault",
-        "--set",
-        "externalSecrets.remoteKey=modelops/prod",
-    )
-    assert result.returncode != 0
-    assert "signing.existingSecret is required when externalSecrets.enabled" in result.stderr
+    with pytest.raises(HelmError) as refused:
+        render_chart(
+            set_values=(
+                "externalSecrets.enabled=true",
+                "externalSecrets.secretStoreRef.name=vault",
+                "externalSecrets.remoteKey=modelops/prod",
+            )
+        )
+    assert "signing.existingSecret is required when externalSecrets.enabled" in refused.value.stderr
 
 
 @pytest.mark.parametrize("manifest", ["deploy/argocd/application.yaml", "deploy/flux/helmrelease.yaml"])

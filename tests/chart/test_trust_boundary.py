@@ -27,11 +27,11 @@ from tests.chart.conftest import (
     find,
     pod_spec,
     pod_template,
-    run_helm,
     values_file,
     workloads,
 )
 from tests.chart.test_production import INTERNET, OUTSIDE, allowed, pods_by_component
+from tests.helm import HelmError, render_chart
 
 Render = Callable[..., list[dict[str, Any]]]
 VALUE_SETS = ["default", "production", "existing-secrets"]
@@ -336,12 +336,15 @@ def test_model_servers_get_the_certificate_only(render: Render, stem: str, confi
         assert rendered[0]["data"]["certificate.pem"].strip().splitlines()[1] in given
 
 
-def test_an_existing_signing_secret_needs_the_public_certificate(helm: Path) -> None:
-    result = run_helm(helm, "template", "rel", str(CHART), "--set", "signing.existingSecret=model-signing")
-    assert result.returncode != 0
-    assert "signing.publicCertificate (or signing.existingPublicConfigMap) is required" in result.stderr
-    result = run_helm(helm, "template", "rel", str(CHART), "--set", "signing.publicCertificate=not-a-pem")
-    assert result.returncode != 0 and "/signing/publicCertificate" in result.stderr
+def test_an_existing_signing_secret_needs_the_public_certificate() -> None:
+    with pytest.raises(HelmError) as missing:
+        render_chart(set_values=("signing.existingSecret=model-signing",))
+    assert (
+        "signing.publicCertificate (or signing.existingPublicConfigMap) is required" in missing.value.stderr
+    )
+    with pytest.raises(HelmError) as invalid:
+        render_chart(set_values=("signing.publicCertificate=not-a-pem",))
+    assert "/signing/publicCertificate" in invalid.value.stderr
 
 
 def test_checksums_follow_the_signing_key_and_the_auth_config(render: Render, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ Secrets and ConfigMaps as read-only folders of files),
 runAsUser, readOnlyRootFilesystem, dropped capabilities, no-new-privileges, init containers, probes
 (exec and httpGet, run inside the container on 127.0.0.1) and Services (as network aliases of the
 containers their selector matches). What it cannot emulate, it refuses loudly (e.g. a Service whose
-port differs from its target port, or a targetPort no container declares).
+port differs from its target port). Before anything runs, the manifest wiring checks of tests/wiring.py (the
+chart tests run them too) refuse a targetPort no container declares or a Secret/ConfigMap key that is missing.
 
 Before any workload starts, it checks that a container on the network resolves and reaches another by its
 network alias (every Service relies on that; tests/containers/network.py). Every wait is bounded by the workload's own settings (probe
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests import wiring
 from tests.containers import network
 from tests.containers.podman import BASE_IMAGE, PODMAN_OVERHEAD_S, podman
 
@@ -167,37 +169,29 @@ class Cluster:
         ]
 
     def check_services(self) -> None:
-        """Every Service selects pods and targets a port their containers declare, on the same number."""
-        long_running = [
-            p for kind in ("Deployment", "StatefulSet") for w in self.workloads(kind) for p in self.pods(w)
-        ]
-        for svc in self.services:
-            name = svc["metadata"]["name"]
-            selected = [p for p in long_running if name in self.aliases(p)]
-            if not selected:
+        """Every Service selects pods and targets a port their containers declare (tests/wiring.py), on the
+        same number: aliases cannot remap ports."""
+        try:
+            targets = wiring.check_services(self.objects)
+        except wiring.WiringError as exc:
+            raise HarnessError(str(exc)) from None
+        for (name, port), number in targets.items():
+            if number != port:
                 raise HarnessError(
-                    f"Service {name}: its selector {svc['spec'].get('selector')} matches no pod"
+                    f"Service {name}: port {port} forwards to containerPort {number}; clients "
+                    f"calling {name}:{port} would reach nothing in this harness (aliases cannot remap "
+                    "ports), and other workloads of the chart use the Service port"
                 )
-            for port in svc["spec"]["ports"]:
-                target = port.get("targetPort", port["port"])
-                declared = {
-                    (p.get("name"), p["containerPort"])
-                    for pod in selected
-                    for c in pod.spec["containers"]
-                    for p in c.get("ports", [])
-                }
-                numbers = [num for pname, num in declared if target in (pname, num)]
-                if not numbers:
-                    raise HarnessError(
-                        f"Service {name}: targetPort {target!r} matches no containerPort of the pods it selects "
-                        f"(declared: {sorted(declared, key=str)})"
-                    )
-                if numbers[0] != port["port"]:
-                    raise HarnessError(
-                        f"Service {name}: port {port['port']} forwards to containerPort {numbers[0]}; clients "
-                        f"calling {name}:{port['port']} would reach nothing in this harness (aliases cannot remap "
-                        "ports), and other workloads of the chart use the Service port"
-                    )
+
+    def check_wiring(self) -> None:
+        """Before anything runs: `check_services`, and every Secret/ConfigMap reference of every workload
+        (env, envFrom, volumes and their keys) resolves to an object of the release (tests/wiring.py; here the
+        user's own Secrets are among `objects`, so every key is checked)."""
+        self.check_services()
+        try:
+            wiring.check_references(self.objects)
+        except wiring.WiringError as exc:
+            raise HarnessError(str(exc)) from None
 
     # -- containers -----------------------------------------------------------------------------------
     def _env(self, pod: Pod, container: dict[str, Any]) -> dict[str, str]:
@@ -608,7 +602,7 @@ class Cluster:
         """Like `helm install`: every non-hook workload at once, then post-install hooks by weight; wait for
         Jobs to complete and for every long-running container to pass its probes. The first failure stops
         every other wait and is raised."""
-        self.check_services()
+        self.check_wiring()
         self.create_network()
         long_running = [
             p for kind in ("StatefulSet", "Deployment") for w in self.workloads(kind) for p in self.pods(w)

@@ -10,18 +10,15 @@ chart's own StatefulSet running an image built from Debian's postgresql package.
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.chart.conftest import CHART
 from tests.containers import podman as pm
 from tests.containers.kube import BUSY_MACHINE_FACTOR, Cluster, probe_allowance_s
-from tests.tools import tool_path
+from tests.helm import CHART, render_chart
 
 RELEASE = "e2e"
 VALUES = CHART / "ci" / "containers-values.yaml"
@@ -31,19 +28,6 @@ MOTO_KEYS = {"access-key-id": "e2e-access-key", "secret-access-key": "e2e-secret
 REQUEST_TIMEOUT_S = 60
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]  # a cold image build takes minutes
-
-
-def render() -> list[dict[str, Any]]:
-    helm = tool_path("helm")
-    if helm is None:
-        pytest.skip("helm not found: run `python -m tests.tools`")
-    out = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", "e2e", "-f", str(VALUES)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
 
 
 def side_container(cluster: Cluster, role: str, *args: str) -> None:
@@ -73,14 +57,14 @@ def cluster() -> Iterator[Cluster]:
     if reason:
         pytest.skip(f"container end-to-end test skipped: {reason}")
     images = pm.build_images()
-    objects = render()
+    objects = render_chart(values_files=(VALUES,), namespace="e2e", release=RELEASE)
     # The externalS3 credentials the user would have created as a Secret before installing.
     objects.append({"kind": "Secret", "metadata": {"name": "moto-credentials"}, "stringData": MOTO_KEYS})
     cluster = Cluster(
         objects, prefix=f"mo-{uuid.uuid4().hex[:6]}", namespace="e2e", tool_image=images["base"]
     )
     try:
-        cluster.check_services()
+        cluster.check_wiring()
         # fails (never skips) when containers on the network cannot resolve each other by name
         cluster.create_network()
         # Helpers on the release's network that are not part of the chart: the S3 endpoint and a client.

@@ -1,4 +1,6 @@
-{{/* The trainer pod spec shared by the CronJob and the on-install Job. */}}
+{{/* The trainer pod spec shared by the CronJob and the on-install Job. The including template sets
+`.trainingScheduled` (true for the CronJob): approval applies to scheduled runs, which would replace a champion;
+the first training on install promotes as usual, so `helm install` ends with a model serving. */}}
 {{- define "modelops-stack.training.podSpec" -}}
 {{- include "modelops-stack.pod.common" . }}
 restartPolicy: Never
@@ -19,6 +21,16 @@ containers:
       - --seed={{ .Values.training.seed }}
       - --promote={{ .Values.training.promote }}
       - --metric={{ .Values.training.metric }}
+      - --min-delta={{ .Values.training.minDelta }}
+      {{- with .Values.training.evalData }}
+      - --eval-data={{ . }}
+      {{- end }}
+      {{- with .Values.training.positiveClass }}
+      - --positive-class={{ . }}
+      {{- end }}
+      {{- range .Values.training.thresholds }}
+      - --threshold={{ . }}
+      {{- end }}
     env:
       - name: MLFLOW_TRACKING_URI
         value: {{ include "modelops-stack.mlflow.url" . | quote }}
@@ -33,6 +45,10 @@ containers:
       {{- include "modelops-stack.env.mlflowPrincipal" (list . "trainer") | nindent 6 }}
       - name: MODELOPS_SIGNING_KEY_PATH
         value: /etc/modelops/signing/private-key.pem
+      - name: MODELOPS_REQUIRE_APPROVAL
+        value: {{ and .trainingScheduled .Values.training.requireApproval | quote }}
+      - name: MODELOPS_IMAGE
+        value: {{ include "modelops-stack.image" . | quote }}
     resources:
       {{- toYaml .Values.training.resources | nindent 6 }}
     volumeMounts:
