@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from tests.chart.conftest import CHART, values_file
+from tests.helm import render_chart
 from tests.integration.conftest import train_version
 from tests.support import Service, free_port, wait_for
-from tests.tools import tool_path
 
 RELEASE, NAMESPACE = "rel", "mlops"
 SERVICE = f"{RELEASE}-modelops-stack-model-server"
@@ -27,31 +27,16 @@ METRIC = re.compile(r"\b(modelops_[a-z_]+)")
 
 
 def render_monitoring() -> list[dict[str, Any]]:
-    helm = tool_path("helm")
-    if helm is None:
-        pytest.skip("helm not found: run `python -m tests.tools`")
-    out = subprocess.run(
-        [
-            str(helm),
-            "template",
-            RELEASE,
-            str(CHART),
-            "-n",
-            NAMESPACE,
-            "-f",
-            str(values_file("default")),
-            "--set",
+    return render_chart(
+        values_files=(values_file("default"),),
+        set_values=(
             "monitoring.serviceMonitor.enabled=true",
-            "--set",
             "monitoring.prometheusRule.enabled=true",
-            "--set",
             "monitoring.serviceMonitor.interval=1s",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+        ),
+        namespace=NAMESPACE,
+        release=RELEASE,
+    )
 
 
 def dashboard_queries() -> list[str]:
