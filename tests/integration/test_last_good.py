@@ -18,23 +18,35 @@ def ready(url: str) -> dict[str, object]:
     return dict(response.json()) if response.status_code == 200 else {}
 
 
+def served_once(
+    tracking_server: MlflowService, model_name: str, start_server: Callable[..., Service], models: Path
+) -> dict[str, str]:
+    """Train v1, serve it from a server with a model folder on disk, stop that server; the env to restart with."""
+    train_version(tracking_server.uri, model_name)
+    env = {"MODELOPS_MODEL_DIR": str(models)}
+    first = start_server(tracking_server.uri, model_name, extra_env=env)
+    wait_for(lambda: ready(first.uri).get("model_version") == "1", 60, "v1 served")
+    assert (models / "last-good" / "modelops.sig").is_file()
+    first.stop()  # as a crash would: downloaded folders may be left behind
+    return env
+
+
+def break_the_alias(tracking_server: MlflowService, model_name: str) -> None:
+    """Point the alias at a new version whose files were tampered with."""
+    broken = train_version(tracking_server.uri, model_name, promote="never", seed=5)
+    for path in tracking_server.root.glob(f"artifacts/**/{broken.run_id}/artifacts/model/model.skops"):
+        path.write_bytes(b"tampered")
+    MlflowClient(tracking_server.uri).set_registered_model_alias(model_name, "champion", broken.version)
+
+
 def test_restart_with_the_alias_on_a_broken_version_serves_the_last_good_one(
     tracking_server: MlflowService, model_name: str, start_server: Callable[..., Service], tmp_path: Path
 ) -> None:
     uri = tracking_server.uri
-    train_version(uri, model_name)
     models = tmp_path / "models"
-    env = {"MODELOPS_MODEL_DIR": str(models)}
-    first = start_server(uri, model_name, extra_env=env)
-    wait_for(lambda: ready(first.uri).get("model_version") == "1", 60, "v1 served")
-    assert (models / "last-good" / "modelops.sig").is_file()
-    first.stop()  # as a crash would: downloaded folders may be left behind
+    env = served_once(tracking_server, model_name, start_server, models)
     (models / "model-v7-leftover").mkdir()
-
-    broken = train_version(uri, model_name, promote="never", seed=5)
-    for path in tracking_server.root.glob(f"artifacts/**/{broken.run_id}/artifacts/model/model.skops"):
-        path.write_bytes(b"tampered")
-    MlflowClient(uri).set_registered_model_alias(model_name, "champion", broken.version)
+    break_the_alias(tracking_server, model_name)
 
     second = start_server(uri, model_name, extra_env=env)
     wait_for(lambda: ready(second.uri).get("model_version") == "1", 60, "the last good v1 served")
@@ -52,18 +64,10 @@ def test_restart_with_the_alias_on_a_broken_version_serves_the_last_good_one(
 def test_a_last_good_copy_that_no_longer_verifies_is_not_served(
     tracking_server: MlflowService, model_name: str, start_server: Callable[..., Service], tmp_path: Path
 ) -> None:
-    uri = tracking_server.uri
-    train_version(uri, model_name)
     models = tmp_path / "models"
-    env = {"MODELOPS_MODEL_DIR": str(models)}
-    first = start_server(uri, model_name, extra_env=env)
-    wait_for(lambda: ready(first.uri).get("model_version") == "1", 60, "v1 served")
-    first.stop()
+    env = served_once(tracking_server, model_name, start_server, models)
     (models / "last-good" / "model.skops").write_bytes(b"tampered on the node")
-    broken = train_version(uri, model_name, promote="never", seed=5)
-    for path in tracking_server.root.glob(f"artifacts/**/{broken.run_id}/artifacts/model/model.skops"):
-        path.write_bytes(b"tampered")
-    MlflowClient(uri).set_registered_model_alias(model_name, "champion", broken.version)
-    second = start_server(uri, model_name, extra_env=env)
+    break_the_alias(tracking_server, model_name)
+    second = start_server(tracking_server.uri, model_name, extra_env=env)
     wait_for(lambda: "cannot be served" in second.log_path.read_text(), 60, "the copy to be refused")
     assert httpx.get(f"{second.uri}/readyz", timeout=5).status_code == 503

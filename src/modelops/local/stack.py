@@ -333,6 +333,17 @@ def _port(url: str, default: int) -> int:
     return int(url.rsplit(":", 1)[1]) if url.rsplit(":", 1)[-1].isdigit() else default
 
 
+def _start_unless_running(
+    child: Child, running: dict[str, int], progress: Progress, started: list[Child]
+) -> None:
+    if child.name in running:
+        progress.step(child.name, "running")
+        return
+    progress.step(child.name, "starting")
+    child.start()
+    started.append(child)
+
+
 def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
     """Start the stack, or what is missing of it. Foreground: supervise (restart what dies) until SIGINT/SIGTERM.
     Detached: return once healthy."""
@@ -368,22 +379,12 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
     verb = "Completing" if running else "Starting"
     print(f"{verb} ModelOps Stack from {home.resolve()}", file=out, flush=True)
     try:
-        if mlflow.name in running:
-            progress.step("mlflow", "running")
-        else:
-            progress.step("mlflow", "starting")
-            mlflow.start()
-            started.append(mlflow)
+        _start_unless_running(mlflow, running, progress, started)
         _wait_healthy(mlflow, f"{config.mlflow_url}/health", config.startup_timeout_s)
         progress.step("mlflow", "healthy")
         _create_registered_model(config, credentials[ADMIN])
         version = _ensure_champion(config, progress, credentials[TRAINER])
-        if server.name in running:
-            progress.step("model-server", "running")
-        else:
-            progress.step("model-server", "starting")
-            server.start()
-            started.append(server)
+        _start_unless_running(server, running, progress, started)
         _wait_healthy(server, f"{config.server_url}/readyz", config.startup_timeout_s)
         model = httpx.get(f"{config.server_url}/model", timeout=5).json()
         version, example = model.get("version", version), model.get("input_example")
