@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelops.errors import ModelLoadError, ModelRefused
+from modelops.monitoring.drift import read_reference
 from modelops.registry import VersionInfo
 from modelops.signing import Verifier
 
@@ -50,6 +51,8 @@ class LoadedModel:
     metrics: dict[str, float] = field(default_factory=dict)
     local_dir: Path | None = None
     model_path: Path | None = None
+    # the training reference for drift detection (modelops.monitoring.drift), when the trainer stored one
+    drift_reference: dict[str, Any] | None = None
     loaded_at: float = field(default_factory=time.time)
     load_duration_s: float = 0.0
     verify_duration_s: float = 0.0
@@ -286,6 +289,7 @@ def load_local(
             metrics=metrics,
             model_path=path,
             verify_duration_s=verify_s,
+            drift_reference=read_reference(path),
         )
         loaded.warm_up()
         loaded.load_duration_s = time.perf_counter() - start

@@ -125,6 +125,7 @@ def _log_signed_model(
 
     import mlflow.sklearn
 
+    from modelops.monitoring.drift import build_reference, write_reference
     from modelops.signing import sign_model
 
     assert options.signing_key_path is not None
@@ -139,6 +140,8 @@ def _log_signed_model(
             pip_requirements=_pip_requirements(),
             skops_trusted_types=list(TRUSTED_TYPES.get(result.algorithm, ())),
         )
+        # what drift detection compares served rows with: inside the folder, so it is signed with the model
+        write_reference(folder, build_reference(result.x_train, seed=options.seed))
         sign_model(folder, options.signing_key_path, model_name=options.model_name, run_id=run_id)
         client.log_artifacts(run_id, str(folder), MODEL_ARTIFACT_PATH)
 

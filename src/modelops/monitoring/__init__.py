@@ -1,0 +1,1 @@
+"""Monitoring of served data: drift."""
