@@ -44,6 +44,17 @@ groups:
         labels: {severity: warning}
         annotations:
           summary: A replica has not followed the registry alias for {{ $rules.aliasUnfollowedPolls }} polls.
+      - alert: ModelVersionRefused
+        expr: sum by (reason) (increase(modelops_model_refusals_total{ {{- $sel -}} }[15m])) > 0
+        labels: {severity: critical}
+        annotations:
+          summary: "A model version failed the trust checks ({{ "{{" }} $labels.reason {{ "}}" }}): unsigned, foreign-key, tampered or code-running artifacts are never served; find who registered or moved it (`modelops history`)."
+      - alert: ModelInputDrift
+        expr: max(modelops_drift_detected{ {{- $sel -}} }) == 1
+        for: {{ $rules.driftFor }}
+        labels: {severity: warning}
+        annotations:
+          summary: "Served inputs have drifted from the training data for {{ $rules.driftFor }} (GET /drift names the features)."
   - name: modelops-storage
     rules:
       - alert: ModelOpsVolumeAlmostFull
