@@ -1,16 +1,24 @@
-"""Serving benchmark: our model server vs `mlflow models serve` vs a plain FastAPI + numpy app.
+"""Serving benchmark: our model server vs its peers, side by side in one run, equal worker counts.
 
-Trains the reference model (StandardScaler + LogisticRegression on the built-in data) into a
-throw-away MLflow server, starts every server on 127.0.0.1, drives each with the same wrk load
-(single-row and 1000-row bodies, 8 connections) and prints req/s, p50/p99 and the ratios.
+Peers (each `--workers N`, default 1 process each): MLServer with its sklearn runtime (own venv under
+~/.cache/modelops-stack/bench-mlserver, created on first use), an async plain FastAPI app (orjson + numpy),
+a bare ASGI app on the same uvicorn (the HTTP ceiling) and `mlflow models serve`. Every server serves the SAME
+fitted model: the trainer's default, trained, signed and registered into a throw-away MLflow server (auth on, as
+in the product); ours loads it from the registry like in production, the others from a local copy.
+
+Workloads: wrk -t1 at 8 and 32 connections, single-row and 1000-row bodies, v2 infer (Open Inference Protocol
+JSON) and our simple /predict (`features`, `instances`); cold start (spawn to first successful prediction) and
+RSS of each server's processes (from /proc) after its load. Every server is started, waited for with a deadline
+and stopped even on failure; a peer that cannot run here is reported as "not measured (why)".
 Only loopback addresses are used. Needs `wrk` (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk).
 
-    python benchmarks/serving.py [--duration-s 10] [--connections 8] [--write docs/benchmarks.md]
+    python benchmarks/serving.py [--duration-s 8] [--warmup-s 2] [--workers 1] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -20,15 +28,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tests.support import VENV_BIN, Service, free_port, mlflow_server, serve_argv  # noqa: E402
+from tests.support import VENV_BIN, free_port, mlflow_server, principal_env, serve_argv  # noqa: E402
+
+import mlserver_peer  # noqa: E402
+from mlserver_peer import NotMeasured  # noqa: E402
+from modelops.local.processes import stop_group  # noqa: E402
 
 MODEL = "BenchmarkModel"
+START_DEADLINE_S = 120.0
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -36,197 +53,431 @@ local f = io.open(os.getenv("BENCH_BODY"), "r"); wrk.body = f:read("*a"); f:clos
 """
 
 
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    body: str  # one of BODY_KINDS
+    connections: int
+
+
+# v2 = Open Inference Protocol JSON (one FP64 tensor [N, 30], only the `predict` output asked for, so that every
+# server does the same work); features/instances = our /predict bodies (mlflow gets the same rows as
+# `dataframe_split`, the bare ASGI app gets the same bytes and ignores them).
+WORKLOADS = [
+    Workload("v2-1-c8", "v2 infer, 1 row, c8", "v2-1", 8),
+    Workload("v2-1-c32", "v2 infer, 1 row, c32", "v2-1", 32),
+    Workload("v2-1000-c8", "v2 infer, 1000 rows, c8", "v2-1000", 8),
+    Workload("v2-1000-c32", "v2 infer, 1000 rows, c32", "v2-1000", 32),
+    Workload("features-c8", "/predict features, 1 row, c8", "features", 8),
+    Workload("features-c32", "/predict features, 1 row, c32", "features", 32),
+    Workload("instances-c8", "/predict instances, 1000 rows, c8", "instances", 8),
+    Workload("instances-c32", "/predict instances, 1000 rows, c32", "instances", 32),
+]
+
+
 @dataclass
 class Result:
-    server: str
-    load: str
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
 
 
+@dataclass
+class Peer:
+    key: str
+    label: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    paths: dict[str, str]  # body kind -> URL path; kinds not listed are not measured on this server
+    bodies: dict[str, Path] = field(default_factory=dict)  # overrides of the shared body files
+    proc: subprocess.Popen[bytes] | None = None
+    cold_start_s: float | None = None
+    rss: tuple[float, int] | None = None  # MiB summed over the server's processes, process count
+    results: dict[str, Result | str] = field(default_factory=dict)  # workload key -> result or why not
+    not_measured: str | None = None
+    what: dict[str, str] = field(default_factory=dict)  # body kind -> how the table names it on this server
+
+
+# -- processes ------------------------------------------------------------------------------------------------
+def start_and_wait(peer: Peer, body: Path, log_dir: Path, deadline_s: float = START_DEADLINE_S) -> None:
+    """Spawn the server in its own session and wait (with a deadline) for its first successful prediction;
+    the time between is its cold start. Raises RuntimeError with the log's tail when it does not come up."""
+    kind = next(iter(peer.paths))
+    url = f"http://127.0.0.1:{peer.port}{peer.paths[kind]}"
+    payload = peer.bodies.get(kind, body).read_bytes()
+    log_path = log_dir / f"{peer.key}.log"
+    log = log_path.open("ab")
+    started = time.monotonic()
+    peer.proc = subprocess.Popen(
+        peer.argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **peer.env},
+        start_new_session=True,
+    )
+    last = ""
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() - started < deadline_s:
+            if peer.proc.poll() is not None:
+                raise RuntimeError(f"exited with {peer.proc.returncode}: {tail(log_path)}")
+            try:
+                response = client.post(url, content=payload, headers={"content-type": "application/json"})
+                if response.status_code == 200:
+                    peer.cold_start_s = time.monotonic() - started
+                    return
+                last = f"HTTP {response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.05)
+    raise RuntimeError(f"no successful prediction within {deadline_s:.0f} s (last: {last}): {tail(log_path)}")
+
+
+def stop(peer: Peer) -> None:
+    if peer.proc is not None:
+        stop_group(peer.proc.pid, timeout_s=15)  # the product's supervisor: SIGTERM the group, then SIGKILL
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            peer.proc.wait(timeout=5)
+        peer.proc = None
+
+
+def tail(path: Path, lines: int = 6) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def session_rss(sid: int) -> tuple[float, int]:
+    """Resident memory (MiB) summed over every live process of session `sid`, and how many there are."""
+    total_kib, count = 0, 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # fields after the ")" that ends the command name: state ppid pgrp session ...
+            if int(stat.rsplit(")", 1)[1].split()[3]) != sid:
+                continue
+            rss = re.search(r"VmRSS:\s+(\d+) kB", (entry / "status").read_text())
+        except (OSError, IndexError, ValueError):
+            continue
+        if rss:
+            total_kib += int(rss.group(1))
+            count += 1
+    return total_kib / 1024, count
+
+
+# -- load -----------------------------------------------------------------------------------------------------
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    value, unit = re.match(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(
-    url: str, body: Path, duration_s: int, connections: int, lua: Path
-) -> tuple[float, float, float, int]:
+def run_wrk(url: str, body: Path, duration_s: int, connections: int, lua: Path) -> Result:
+    """One wrk run; RuntimeError (with wrk's output) when its report cannot be read."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(lua), url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(lua),
+            url,
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "BENCH_BODY": str(body)},
         check=True,
+        timeout=duration_s + 30,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    try:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+        p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    except (AttributeError, KeyError) as exc:
+        raise RuntimeError(f"unreadable wrk report: {' | '.join(out.strip().splitlines()[-8:])}") from exc
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    socket_errors = re.search(r"Socket errors:.*timeout (\d+)", out)
-    return (
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Result(
         rps,
         p50,
         p99,
-        (int(errors.group(1)) if errors else 0) + (int(socket_errors.group(1)) if socket_errors else 0),
+        (int(errors.group(1)) if errors else 0) + (sum(map(int, sockets.groups())) if sockets else 0),
     )
 
 
+# -- setup ----------------------------------------------------------------------------------------------------
+def bodies(tmp: Path, rows: list[list[float]], columns: list[str], input_name: str) -> dict[str, Path]:
+    thousand = (rows * 2)[:1000]
+
+    def v2(data: list[list[float]]) -> dict[str, object]:
+        flat = [v for row in data for v in row]
+        return {
+            "inputs": [
+                {"name": input_name, "shape": [len(data), len(columns)], "datatype": "FP64", "data": flat}
+            ],
+            "outputs": [{"name": "predict"}],
+        }
+
+    content = {
+        "v2-1": v2(rows[:1]),
+        "v2-1000": v2(thousand),
+        "features": {"features": rows[0]},
+        "instances": {"instances": thousand},
+        "mlflow-features": {"dataframe_split": {"columns": columns, "data": rows[:1]}},
+        "mlflow-instances": {"dataframe_split": {"columns": columns, "data": thousand}},
+    }
+    files = {}
+    for kind, body in content.items():
+        files[kind] = tmp / f"{kind}.json"
+        files[kind].write_text(json.dumps(body))
+    return files
+
+
+def train_signed_model(tmp: Path, uri: str, env: dict[str, str]) -> Path:
+    """Train + sign + register version 1 (moved to `champion`) as the trainer principal; return a joblib copy of
+    the fitted model for the peers that load a local file."""
+    done = subprocess.run(
+        [str(VENV_BIN / "modelops"), "train", "--tracking-uri", uri, "--model-name", MODEL],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"modelops train failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}"
+        )
+    import joblib
+    import mlflow
+    import skops.io
+
+    from modelops.serving.model import TRUSTED_SKOPS_TYPES
+
+    mlflow.set_tracking_uri(uri)
+    folder = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/1", dst_path=str(tmp / "model"))
+    )
+    fitted = skops.io.load(folder / "model.skops", trusted=list(TRUSTED_SKOPS_TYPES))
+    model_file = tmp / "model.joblib"
+    joblib.dump(fitted, model_file)
+    return model_file
+
+
+def our_versions() -> dict[str, str]:
+    out = {}
+    for name in (
+        "modelops",
+        "mlflow",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "orjson",
+        "scikit-learn",
+        "numpy",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError, AttributeError):
+        cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).strip()  # type: ignore[union-attr]
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" [")[0]
+    return (
+        f"nproc {os.cpu_count()}, {cpu}, {platform.system()} {platform.release()} {platform.machine()}, "
+        f"Python {platform.python_version()}, {wrk}"
+    )
+
+
+# -- main -----------------------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration-s", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--duration-s", type=int, default=8, help="wrk duration of each measured workload")
+    parser.add_argument(
+        "--warmup-s", type=int, default=2, help="wrk warm-up before each workload (not counted)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of EVERY server")
+    parser.add_argument(
+        "--only", default="", help="comma-separated server keys to run (ours,mlserver,fastapi,bare,mlflow)"
+    )
     parser.add_argument("--write", type=Path, help="write the results as Markdown to this file")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk / brew install wrk)", file=sys.stderr)
         return 2
 
-    import mlflow
     from sklearn.datasets import load_breast_cancer
+
+    from modelops.serving.service import INPUT_NAME
+    from modelops.signing import generate_keypair
 
     # `mlflow models serve` runs `uvicorn` from PATH.
     os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-
     tmp = Path(tempfile.mkdtemp(prefix="modelops-bench-"))
-    services: list[Service] = []
-    results: list[Result] = []
+    workers = args.workers
+    peers: list[Peer] = []
+    extra: dict[str, object] = {"mlserver_versions": None}
+    tracking = None
     try:
+        # MLflow with auth + a signed model, as the product requires
         tracking = mlflow_server(tmp / "mlflow").start()
-        services.append(tracking)
-        uri = tracking.uri  # type: ignore[attr-defined]
-        subprocess.run(
-            [str(VENV_BIN / "modelops"), "train", "--tracking-uri", uri, "--model-name", MODEL],
-            check=True,
-            capture_output=True,
-        )
-        mlflow.set_tracking_uri(uri)
-        model_path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL}/1", dst_path=str(tmp / "model")
-        )
+        uri = tracking.uri
+        tracking.grant(MODEL)
+        private, public = tmp / "signing-key.pem", tmp / "signing-public.pem"
+        generate_keypair(private, public)
+        trainer = {**principal_env("trainer"), "MODELOPS_SIGNING_KEY_PATH": str(private)}
+        os.environ.update(principal_env("trainer"))  # this process downloads the model as the trainer
+        model_file = train_signed_model(tmp, uri, trainer)
 
         data = load_breast_cancer(as_frame=True)
-        rows = data.data.to_numpy().tolist()
-        thousand = (rows * 2)[:1000]
-        columns = list(data.data.columns)
-        bodies = {
-            ("ours", "1 row"): {"features": rows[0]},
-            ("ours", "1000 rows"): {"instances": thousand},
-            ("mlflow", "1 row"): {"dataframe_split": {"columns": columns, "data": [rows[0]]}},
-            ("mlflow", "1000 rows"): {"dataframe_split": {"columns": columns, "data": thousand}},
-        }
-        files = {}
-        for (kind, load), body in bodies.items():
-            path = tmp / f"{kind}-{load.replace(' ', '')}.json"
-            path.write_text(json.dumps(body))
-            files[(kind, load)] = path
+        files = bodies(tmp, data.data.to_numpy().tolist(), list(data.data.columns), INPUT_NAME)
         lua = tmp / "post.lua"
         lua.write_text(LUA)
 
-        def start(name: str, argv: list[str], health: str, env: dict[str, str], port: int) -> Service:
-            service = Service(
-                name, argv, f"http://127.0.0.1:{port}{health}", tmp, env=env, timeout_s=120
-            ).start()
-            services.append(service)
-            return service
-
-        candidates = []
+        v2_path = f"/v2/models/{MODEL}/infer"
+        uvicorn = [
+            str(VENV_BIN / "uvicorn"),
+            "--host",
+            "127.0.0.1",
+            "--no-access-log",
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--workers",
+            str(workers),
+            "--app-dir",
+            str(ROOT / "benchmarks"),
+        ]
         port = free_port()
-        candidates.append(
-            (
-                "mlflow models serve (1 worker, default)",
-                "mlflow",
-                port,
-                start(
-                    "mlflow-serve",
-                    [
-                        str(VENV_BIN / "mlflow"),
-                        "models",
-                        "serve",
-                        "-m",
-                        f"models:/{MODEL}/1",
-                        "--env-manager",
-                        "local",
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        str(port),
-                    ],
-                    "/ping",
-                    {"MLFLOW_TRACKING_URI": uri},
-                    port,
-                ),
-            )
-        )
-        port = free_port()
-        candidates.append(
-            (
-                "plain FastAPI + numpy (uvicorn, 1 worker)",
+        peers.append(
+            Peer(
                 "ours",
+                f"modelops serve --workers {workers}",
+                serve_argv(port, workers),
+                {
+                    **principal_env("model-server"),
+                    "MLFLOW_TRACKING_URI": uri,
+                    "MODELOPS_MODEL_NAME": MODEL,
+                    "MODELOPS_SIGNING_PUBLIC_KEY_PATH": str(public),
+                },
                 port,
-                start(
-                    "plain",
-                    [
-                        str(VENV_BIN / "uvicorn"),
-                        "plain_app:app",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--no-access-log",
-                        "--app-dir",
-                        str(ROOT / "benchmarks"),
-                    ],
-                    "/docs",
-                    {"MODEL_PATH": model_path},
-                    port,
-                ),
+                {"features": "/predict", "v2-1": v2_path, "v2-1000": v2_path, "instances": "/predict"},
             )
         )
-        for workers in (1, 2):
-            port = free_port()
-            candidates.append(
-                (
-                    f"modelops serve --workers {workers}",
-                    "ours",
-                    port,
-                    start(
-                        f"modelops-{workers}",
-                        serve_argv(port, workers),
-                        "/readyz",
-                        {"MLFLOW_TRACKING_URI": uri, "MODELOPS_MODEL_NAME": MODEL},
-                        port,
-                    ),
-                )
+        port = free_port()
+        peers.append(
+            Peer(
+                "mlserver",
+                f"MLServer + sklearn runtime ({workers} process{'es' if workers > 1 else ''})",
+                [],
+                {},
+                port,
+                {"v2-1": v2_path, "v2-1000": v2_path},
             )
-        # Only one server runs the load at a time; the others idle.
-        for label, kind, port, _ in candidates:
-            path = "/invocations" if kind == "mlflow" else "/predict"
-            for load in ("1 row", "1000 rows"):
-                run_wrk(
-                    f"http://127.0.0.1:{port}{path}", files[(kind, load)], 2, args.connections, lua
-                )  # warm up
-                rps, p50, p99, errors = run_wrk(
-                    f"http://127.0.0.1:{port}{path}",
-                    files[(kind, load)],
-                    args.duration_s,
-                    args.connections,
-                    lua,
-                )
-                results.append(Result(label, load, rps, p50, p99, errors))
-                print(
-                    f"{label:45s} {load:10s} {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}"
-                )
+        )
+        port = free_port()
+        peers.append(
+            Peer(
+                "fastapi",
+                f"async FastAPI + orjson + numpy (uvicorn --workers {workers})",
+                [*uvicorn, "plain_app:app", "--port", str(port)],
+                {"MODEL_PATH": str(model_file)},
+                port,
+                {"features": "/predict", "instances": "/predict"},
+            )
+        )
+        port = free_port()
+        peers.append(
+            Peer(
+                "bare",
+                f"bare ASGI, constant answer (uvicorn --workers {workers})",
+                [*uvicorn, "bare_asgi:app", "--port", str(port)],
+                {},
+                port,
+                {"features": "/predict"},
+                what={"features": "`features` body (not parsed)"},
+            )
+        )
+        port = free_port()
+        peers.append(
+            Peer(
+                "mlflow",
+                f"mlflow models serve --workers {workers}",
+                [
+                    str(VENV_BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    f"models:/{MODEL}/1",
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                ],
+                {**principal_env("model-server"), "MLFLOW_TRACKING_URI": uri},
+                port,
+                {"features": "/invocations", "instances": "/invocations"},
+                {"features": files["mlflow-features"], "instances": files["mlflow-instances"]},
+                what={
+                    "features": "/invocations dataframe_split",
+                    "instances": "/invocations dataframe_split",
+                },
+            )
+        )
+        only = {k for k in args.only.split(",") if k}
+        for peer in peers:
+            if only and peer.key not in only:
+                peer.not_measured = "not selected (--only)"
+                continue
+            try:
+                if peer.key == "mlserver":
+                    mlserver = mlserver_peer.ensure_venv()
+                    extra["mlserver_versions"] = mlserver_peer.versions(mlserver)
+                    repo = mlserver_peer.model_repository(
+                        tmp / "mlserver-repo",
+                        model_file,
+                        MODEL,
+                        (peer.port, free_port(), free_port()),
+                        workers,
+                    )
+                    peer.argv = [str(mlserver), "start", str(repo)]
+                    peer.env = {"PATH": f"{mlserver.parent}{os.pathsep}{os.environ['PATH']}"}
+                measure(peer, files, args, lua, tmp)
+            except (NotMeasured, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                peer.not_measured = f"{type(exc).__name__}: {str(exc)[:600]}"
+                print(f"{peer.label}: NOT MEASURED: {peer.not_measured}", flush=True)
+            finally:
+                stop(peer)
     finally:
-        for service in reversed(services):
-            service.stop()
+        for peer in peers:
+            stop(peer)
+        if tracking is not None:
+            tracking.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    report = render(results, args)
+    report = render(peers, args, extra)
     print()
     print(report)
     if args.write:
@@ -234,46 +485,177 @@ def main() -> int:
     return 0
 
 
-def render(results: list[Result], args: argparse.Namespace) -> str:
-    def find(prefix: str, load: str) -> Result:
-        return next(r for r in results if r.server.startswith(prefix) and r.load == load)
+def measure(peer: Peer, files: dict[str, Path], args: argparse.Namespace, lua: Path, tmp: Path) -> None:
+    """Start `peer`, run every workload it supports one after the other, read its RSS, stop it (caller)."""
+    first = next(iter(peer.paths))
+    start_and_wait(peer, files[first], tmp)
+    print(f"{peer.label}: first prediction after {peer.cold_start_s:.2f} s", flush=True)
+    for load in WORKLOADS:
+        if load.body not in peer.paths:
+            continue
+        label = named(peer, load)
+        url = f"http://127.0.0.1:{peer.port}{peer.paths[load.body]}"
+        body = peer.bodies.get(load.body, files[load.body])
+        try:
+            # the body must be answered with a 200 before any load is measured on it
+            check = httpx.post(
+                url, content=body.read_bytes(), headers={"content-type": "application/json"}, timeout=30
+            )
+            if check.status_code != 200:
+                raise RuntimeError(f"HTTP {check.status_code}: {check.text[:200]}")
+            run_wrk(url, body, args.warmup_s, load.connections, lua)
+            result = run_wrk(url, body, args.duration_s, load.connections, lua)
+        except (subprocess.SubprocessError, RuntimeError, httpx.HTTPError) as exc:
+            peer.results[load.key] = f"not measured ({type(exc).__name__}: {str(exc)[:300]})"
+            print(f"{peer.label:55s} {label:45s} FAILED {exc}", flush=True)
+            continue
+        peer.results[load.key] = result
+        print(
+            f"{peer.label:55s} {label:45s} {result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+            flush=True,
+        )
+    assert peer.proc is not None
+    peer.rss = session_rss(peer.proc.pid)
 
+
+# (our workload, peer, peer's workload or "" for the same, text, as a percentage)
+RATIOS = [
+    *(
+        (f"v2-{rows}-c{c}", "mlserver", "", f"ours vs MLServer, v2 {rows} row{'s' * (rows > 1)} c{c}", False)
+        for rows in (1, 1000)
+        for c in (8, 32)
+    ),
+    *(
+        (f"{body}-c{c}", "fastapi", "", f"ours vs async FastAPI, /predict {rows} c{c}", False)
+        for body, rows in (("features", "1 row"), ("instances", "1000 rows"))
+        for c in (8, 32)
+    ),
+    *(
+        ("features-c" + c, "bare", "", f"ours /predict as % of bare ASGI, 1 row c{c}", True)
+        for c in ("8", "32")
+    ),
+    *(
+        (f"{body}-c{c}", "mlflow", "", f"ours vs `mlflow models serve`, {rows} c{c}", False)
+        for body, rows in (("features", "1 row"), ("instances", "1000 rows"))
+        for c in (8, 32)
+    ),
+    *(
+        (
+            f"instances-c{c}",
+            "ours",
+            f"v2-1000-c{c}",
+            f"ours /predict instances vs ours v2, 1000 rows c{c}",
+            False,
+        )
+        for c in (8, 32)
+    ),
+]
+
+
+def named(peer: Peer, load: Workload) -> str:
+    """The workload's name on this server (mlflow gets the same rows in its own format)."""
+    what = peer.what.get(load.body)
+    return f"{what},{load.label.split(',', 1)[1]}" if what else load.label
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+def render(peers: list[Peer], args: argparse.Namespace, extra: dict[str, object]) -> str:
+    by_key = {p.key: p for p in peers}
+
+    def get(server: str, load: str) -> Result | None:
+        peer = by_key.get(server)
+        value = peer.results.get(load) if peer else None
+        return value if isinstance(value, Result) and value.errors == 0 else None
+
+    def ratio(a: tuple[str, str], b: tuple[str, str], what: str, percent: bool = False) -> str:
+        ours, other = get(*a), get(*b)
+        if ours is None or other is None:
+            return f"- {what}: not available (one side not measured or had errors)"
+        value = f"{100 * ours.rps / other.rps:.0f}%" if percent else f"{ours.rps / other.rps:.2f}x"
+        return (
+            f"- {what}: **{value}** ({ours.rps:.0f} vs {other.rps:.0f} req/s; p99 {ours.p99_ms:.1f} vs "
+            f"{other.p99_ms:.1f} ms)"
+        )
+
+    w = args.workers
     lines = [
         "# Serving benchmark",
         "",
-        f"Measured by `python benchmarks/serving.py` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores, "
-        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}. Model: the trainer's default "
-        "(StandardScaler + LogisticRegression, 30 features). Load: `wrk -t1 "
-        f"-c{args.connections} -d{args.duration_s}s` on 127.0.0.1, after a 2 s warm-up; wrk shares the 2 cores with "
-        "the server under test. Bodies: one row, or 1000 rows (`instances` for ours and the plain app, "
-        "`dataframe_split` for MLflow).",
+        f"One run of `python benchmarks/serving.py --workers {w} --duration-s {args.duration_s}` on "
+        f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.",
         "",
-        "| server | body | req/s | p50 ms | p99 ms | errors |",
+        f"Load: `wrk -t1 -d{args.duration_s}s` at 8 or 32 connections on 127.0.0.1, each workload after a "
+        f"{args.warmup_s} s warm-up; one server under load at a time, every server with {w} worker "
+        "process(es). These are SHORT runs on a machine shared with other work, and wrk competes with the server "
+        "for the cores: single numbers move a lot between runs (by up to ~40% on the 2-core machine these docs were "
+        "measured on), so read ratios below ~1.5x as indicative only. Model: the trainer's default (StandardScaler + "
+        "LogisticRegression, 30 features), trained, signed and registered once; every server serves that same "
+        "fitted model (ours from the registry, the others from a joblib copy).",
+        "",
+        "Bodies (identical bytes for every server on a workload): v2 = Open Inference Protocol JSON, one FP64 "
+        'tensor `[N, 30]` asking for the `predict` output only; `/predict features` = `{"features": [...]}`, '
+        '`/predict instances` = `{"instances": [[...] x 1000]}` (answers carry labels and probabilities); '
+        "`mlflow models serve` gets the same rows as `dataframe_split` on /invocations; the bare ASGI app gets the "
+        "`features` bytes and answers a constant.",
+        "",
+        "| server | workload | req/s | p50 ms | p99 ms | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for r in results:
-        lines.append(
-            f"| {r.server} | {r.load} | {r.rps:.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
-        )
-    best = "modelops serve --workers 2"
-    lines += ["", "Ratios (ours = `modelops serve --workers 2`):", ""]
-    for load in ("1 row", "1000 rows"):
-        ours, ref = find(best, load), find("mlflow", load)
-        plain = find("plain", load)
-        lines.append(
-            f"- {load}: {ours.rps / ref.rps:.1f}x `mlflow models serve`, "
-            f"{ours.rps / plain.rps:.2f}x the plain FastAPI app; p99 {ours.p99_ms:.2f} ms"
-        )
+    for peer in peers:
+        if peer.not_measured:
+            continue
+        for load in WORKLOADS:
+            value = peer.results.get(load.key)
+            if isinstance(value, Result):
+                lines.append(
+                    f"| {peer.label} | {named(peer, load)} | {value.rps:.1f} | {value.p50_ms:.2f} | "
+                    f"{value.p99_ms:.2f} | {value.errors} |"
+                )
+            elif isinstance(value, str):
+                lines.append(f"| {peer.label} | {named(peer, load)} | {value} | | | |")
     lines += [
         "",
-        "Reproduce: `make bench` (needs `wrk`: `apt-get install wrk` / `brew install wrk`). Numbers move by",
-        "10-20% between runs on this 2-core machine, since wrk competes with the server for the cores.",
+        "| server | cold start to first prediction (s) | RSS after its load (MiB, all processes) | processes |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for peer in peers:
+        if peer.not_measured:
+            continue
+        rss = f"{peer.rss[0]:.0f} | {peer.rss[1]}" if peer.rss else "not read | "
+        cold = f"{peer.cold_start_s:.2f}" if peer.cold_start_s is not None else "n/a"
+        lines.append(f"| {peer.label} | {cold} | {rss} |")
+    lines += [
         "",
-        "Why it is faster: requests are parsed straight from JSON into one float64 array (no DataFrame, no",
-        "per-column schema enforcement); the model predicts through its native sklearn flavour with",
-        "`assume_finite` (inputs are checked once); concurrent requests share one predict call (adaptive",
-        "micro-batching); responses are serialized with orjson; accepted sockets get TCP_NODELAY; and each",
-        "worker listens on its own SO_REUSEPORT socket so the kernel spreads connections across workers.",
+        "Cold start = spawn to the first 200 on a prediction request (polled every 50 ms). Ours and `mlflow models "
+        "serve` include resolving and downloading the model from MLflow (ours also verifies its signature); "
+        "MLServer and the FastAPI app load a local joblib file.",
+        "",
+        "## Ratios (from this one run: same worker count, same model, same body; mlflow: the same rows as dataframe_split)",
+        "",
+        *(ratio(("ours", load), (peer, other or load), text, pct) for load, peer, other, text, pct in RATIOS),
+    ]
+    ours, ml = by_key.get("ours"), by_key.get("mlserver")
+    if ours and ml and ours.cold_start_s and ml.cold_start_s:
+        lines.append(f"- cold start: ours {ours.cold_start_s:.2f} s vs MLServer {ml.cold_start_s:.2f} s")
+    missing = [p for p in peers if p.not_measured]
+    if missing:
+        lines += ["", "## Not measured", ""]
+        lines += [f"- {p.label}: {p.not_measured}" for p in missing]
+    lines += ["", "## Versions", ""]
+    lines.append("- ours: " + ", ".join(f"{k} {v}" for k, v in our_versions().items()))
+    mlv = extra.get("mlserver_versions")
+    if isinstance(mlv, dict):
+        lines.append("- MLServer venv: " + ", ".join(f"{k} {v}" for k, v in mlv.items()))
+    lines += [
+        "",
+        "MLServer runs with its defaults except `parallel_workers` (0 for one process: inference in the HTTP "
+        "process, as the others; N for `--workers N`) and with httptools installed (its uvicorn picks it, and "
+        "uvloop, automatically). The async FastAPI app is benchmarks/plain_app.py, the bare ASGI app "
+        "benchmarks/bare_asgi.py.",
+        "",
+        "Reproduce: `make bench` (needs `wrk`: `apt-get install wrk` / `brew install wrk`; the first run installs "
+        "MLServer into ~/.cache/modelops-stack/bench-mlserver).",
         "",
     ]
     return "\n".join(lines)
