@@ -1,8 +1,8 @@
-"""Request parsing and response shapes: the simple API and Open Inference Protocol v2.
+"""Request parsing and response shapes of the simple API; response shapes of Open Inference Protocol v2.
 
 Parsing is hand-written on purpose: it turns JSON straight into one float64 array with a single
 numpy call on the happy path, and only walks the values to name the offending field when that
-fails. The pydantic models below document the same shapes in the OpenAPI schema.
+fails. The pydantic models below document the response shapes in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -16,65 +16,154 @@ from pydantic import BaseModel, Field
 from modelops.errors import InvalidInput, PayloadTooLarge
 from modelops.serving.model import LoadedModel, Prediction
 
-Number = float | int
-
 
 # -- OpenAPI documentation models -------------------------------------------------------------------
-class PredictRequest(BaseModel):
-    """Send exactly one of `features` (one row) or `instances` (many rows)."""
+# Responses only: request bodies are parsed by hand (below and in serving/http/v2_codec.py) and documented by
+# serving/http/openapi.py with the served model's features.
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code, e.g. invalid_input.")
+    message: str
+    field: str | None = Field(description="The offending field, e.g. instances[3][1], when there is one.")
 
-    features: list[Number] | dict[str, Number] | None = Field(
-        default=None, description="One row: values in signature order, or {feature name: value}."
-    )
-    instances: list[list[Number]] | list[dict[str, Number]] | None = Field(
-        default=None, description="Many rows, each a list in signature order or a {name: value} object."
-    )
+
+class ErrorBody(BaseModel):
+    """Errors of our own API."""
+
+    error: ErrorDetail
+
+
+class V2Error(BaseModel):
+    """Errors of /v2 routes, as the Open Inference Protocol defines them."""
+
+    error: str
 
 
 class PredictResponse(BaseModel):
     prediction: Any | None = None
     predictions: list[Any] | None = None
-    probabilities: list[float] | list[list[float]] | None = None
+    probabilities: list[float | None] | list[list[float | None]] | None = Field(
+        default=None, description="Class probabilities; null where the model's output is not finite."
+    )
     classes: list[Any] | None = None
     model_name: str
     model_version: str
     run_id: str | None
 
 
-class V2Tensor(BaseModel):
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or not ready")
+    reason: str | None = None
+    detail: str | None = Field(default=None, description="Full reason; with the admin token only.")
+    model_name: str | None = None
+    model_version: str | None = None
+    run_id: str | None = None
+    alias: str | None = None
+    registry_warning: str | None = None
+    registry_detail: str | None = Field(default=None, description="With the admin token only.")
+    serving_warning: str | None = Field(
+        default=None, description="Set while the last good copy serves instead of the alias' version."
+    )
+    serving_detail: str | None = Field(default=None, description="With the admin token only.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+    flavor: str
+    features: list[str]
+    classes: list[Any] | None
+    metrics: dict[str, float]
+    signature: dict[str, Any] | None
+    input_example: list[float] | None
+    loaded_at: float
+    load_duration_s: float
+    verify_duration_s: float
+    alias: str
+
+
+class VersionEntry(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    aliases: list[str]
+    tags: dict[str, str]
+    created_ms: int
+    metrics: dict[str, float]
+
+
+class Versions(BaseModel):
+    model_name: str
+    alias: str
+    served_version: str | None
+    versions: list[VersionEntry]
+
+
+class AdminResult(BaseModel):
+    action: str = Field(description="deploy or rollback")
+    model_name: str
+    alias: str
+    previous_version: str | None
+    version: str
+    run_id: str | None
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2MetadataTensor]
+    outputs: list[V2MetadataTensor]
+
+
+class V2ResponseOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    parameters: dict[str, str | int | float | bool] | None = Field(
+        default=None, description="binary_data_size when the tensor follows the JSON as binary data."
+    )
+    data: list[Any] | None = Field(default=None, description="Row-major values; absent for binary outputs.")
 
 
-class V2InferRequest(BaseModel):
-    id: str | None = None
-    inputs: list[V2Tensor]
-    outputs: list[dict[str, Any]] | None = None
-
-
-class DeployRequest(BaseModel):
-    version: str | None = Field(default=None, description="Registered version to serve.")
-    run_id: str | None = Field(default=None, description="Run whose model to serve (registered if needed).")
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = Field(default=None, description="The request's id, when it sent one.")
+    outputs: list[V2ResponseOutput]
 
 
 # -- parsing ----------------------------------------------------------------------------------------
-V2_DTYPES = {
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-}
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -145,6 +234,9 @@ def parse_predict(body: Any, model: LoadedModel, max_rows: int, raw: bytes) -> t
         raise InvalidInput(
             "send exactly one of 'features' (one row) or 'instances' (many rows)", field="body"
         )
+    if len(body) != 1:  # a typo ("feature", "instance") must not pass unnoticed
+        unknown = next(k for k in body if k not in ("features", "instances"))
+        raise InvalidInput(f"unknown field {unknown!r}: send only 'features' or 'instances'", field=unknown)
     strict = b"true" in raw or b"false" in raw
     if has_features:
         features = body["features"]
@@ -180,89 +272,3 @@ def predict_response(model: LoadedModel, result: Prediction, single: bool) -> di
     out["model_version"] = model.version
     out["run_id"] = model.run_id
     return out
-
-
-def parse_v2_infer(
-    body: Any, model: LoadedModel, max_rows: int
-) -> tuple[np.ndarray, str | None, set[str] | None]:
-    """(rows, request id, requested output names or None for all) from a v2 infer request."""
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-        raise InvalidInput("body must be an object with an 'inputs' list", field="inputs")
-    inputs = body["inputs"]
-    if len(inputs) != 1:
-        raise InvalidInput(f"expected exactly one input tensor, got {len(inputs)}", field="inputs")
-    tensor = inputs[0]
-    if not isinstance(tensor, dict):
-        raise InvalidInput("inputs[0] must be an object", field="inputs[0]")
-    datatype = tensor.get("datatype")
-    if datatype not in V2_DTYPES:
-        raise InvalidInput(
-            f"inputs[0].datatype {datatype!r} is not supported; use one of {', '.join(V2_DTYPES)}",
-            field="inputs[0].datatype",
-        )
-    shape = tensor.get("shape")
-    if not (
-        isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s >= 0 for s in shape)
-    ):
-        raise InvalidInput("inputs[0].shape must be [rows, features]", field="inputs[0].shape")
-    rows, cols = shape
-    if cols != model.n_features:
-        raise InvalidInput(
-            f"inputs[0].shape has {cols} features; the model expects {model.n_features}",
-            field="inputs[0].shape",
-        )
-    if rows == 0:
-        raise InvalidInput("inputs[0] has no rows", field="inputs[0].shape")
-    if rows > max_rows:
-        raise PayloadTooLarge(f"inputs[0] has {rows} rows; the limit is {max_rows}", field="inputs[0].shape")
-    data = tensor.get("data")
-    if not isinstance(data, list):
-        raise InvalidInput("inputs[0].data must be a list", field="inputs[0].data")
-    try:
-        flat = np.array(data)
-        if flat.dtype.kind not in "fiu":
-            raise ValueError("non-numeric")
-        x = flat.astype(V2_DTYPES[datatype]).astype(np.float64).reshape(rows, cols)
-    except (ValueError, TypeError):
-        raise InvalidInput(
-            f"inputs[0].data must hold {rows * cols} numbers for shape {shape}", field="inputs[0].data"
-        ) from None
-    if not np.isfinite(x).all():
-        raise InvalidInput("inputs[0].data must be finite", field="inputs[0].data")
-    wanted = None
-    if body.get("outputs") is not None:
-        if not isinstance(body["outputs"], list):
-            raise InvalidInput("outputs must be a list", field="outputs")
-        wanted = {str(o.get("name")) for o in body["outputs"] if isinstance(o, dict)}
-    request_id = body.get("id")
-    return x, (str(request_id) if request_id is not None else None), wanted
-
-
-def _v2_datatype(values: np.ndarray) -> str:
-    kind = values.dtype.kind
-    return "INT64" if kind in "iu" else "FP64" if kind == "f" else "BOOL" if kind == "b" else "BYTES"
-
-
-def v2_response(
-    model: LoadedModel, result: Prediction, request_id: str | None, wanted: set[str] | None
-) -> dict[str, Any]:
-    outputs = []
-    if wanted is None or "predict" in wanted:
-        labels = result.labels
-        outputs.append(
-            {
-                "name": "predict",
-                "shape": [len(labels)],
-                "datatype": _v2_datatype(labels),
-                "data": labels if labels.dtype.kind in "iufb" else labels.astype(str),
-            }
-        )
-    if result.probabilities is not None and (wanted is None or "predict_proba" in wanted):
-        proba = result.probabilities
-        outputs.append(
-            {"name": "predict_proba", "shape": list(proba.shape), "datatype": "FP64", "data": proba.ravel()}
-        )
-    response: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
-    if request_id is not None:
-        response["id"] = request_id
-    return response

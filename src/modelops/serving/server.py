@@ -32,7 +32,7 @@ from modelops.settings import ServerSettings, prometheus_multiproc_dir
 
 log = logging.getLogger(__name__)
 
-APP_FACTORY = "modelops.serving.api:app_from_env"
+APP_FACTORY = "modelops.serving.http.app:app_from_env"
 
 
 def bind_socket(host: str, port: int, reuse_port: bool = False, backlog: int = 2048) -> socket.socket:

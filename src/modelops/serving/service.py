@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from modelops.errors import InvalidInput, ModelOpsError, VersionNotFound
+from modelops.errors import InvalidInput, VersionNotFound
 from modelops.registry import Registry
 from modelops.serving import metrics
 from modelops.serving.batching import MicroBatcher
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 # MLflow's own rule for run ids; anything else is refused before it reaches a registry filter string.
-RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")
+RUN_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_\-]{0,255}$")
 # Registered versions are positive integers; 18 digits keep them inside MLflow's int64.
 VERSION = re.compile(r"^[0-9]{1,18}$")
 INPUT_NAME = "input-0"
@@ -112,6 +112,16 @@ def label_datatype(kind: str) -> str:
     return "INT64" if kind in "iu" else "FP64" if kind == "f" else "BOOL" if kind == "b" else "BYTES"
 
 
+def input_names(model: LoadedModel) -> list[str]:
+    """The names of a model's inputs (cheap: checked on every infer request)."""
+    return [INPUT_NAME]
+
+
+def output_names(model: LoadedModel) -> list[str]:
+    """The names of a model's outputs (cheap: checked on every infer request)."""
+    return [PREDICT_OUTPUT, PROBA_OUTPUT] if model.classes else [PREDICT_OUTPUT]
+
+
 def model_inputs(model: LoadedModel) -> list[TensorSpec]:
     return [TensorSpec(INPUT_NAME, "FP64", [-1, model.n_features])]
 
@@ -119,10 +129,8 @@ def model_inputs(model: LoadedModel) -> list[TensorSpec]:
 def model_outputs(model: LoadedModel) -> list[TensorSpec]:
     """What a model answers: its labels and, for a classifier, the class probabilities."""
     classes = model.classes
-    if classes:
-        labels = label_datatype(np.asarray(classes).dtype.kind)
-    else:  # a regressor (or a model without classes): numbers
-        labels = "FP64"
+    # a regressor (or a model without classes) answers numbers
+    labels = label_datatype(np.asarray(classes).dtype.kind) if classes else "FP64"
     outputs = [TensorSpec(PREDICT_OUTPUT, labels, [-1])]
     if classes:
         outputs.append(TensorSpec(PROBA_OUTPUT, "FP64", [-1, len(classes)]))
@@ -225,6 +233,10 @@ class ServingService:
             "run_id": model.run_id,
             "alias": self.alias,
         }
+        if self.store.warning:  # the last good copy serves: the alias' version cannot be loaded
+            body["serving_warning"] = f"serving the last good version v{model.version} from local disk"
+            if detail:
+                body["serving_detail"] = self.store.warning
         if self.watcher.last_error:  # serving on; the registry is unwell
             body["registry_warning"] = public_reason(self.watcher.last_error, self.alias)
             if detail:
@@ -336,19 +348,3 @@ class _MoveAlias:
 
     def __call__(self) -> object:
         return self.registry.move_alias(self.version)
-
-
-__all__ = [
-    "INPUT_NAME",
-    "ORJSON_OPTIONS",
-    "PREDICT_OUTPUT",
-    "PROBA_OUTPUT",
-    "AnswerCache",
-    "ModelOpsError",
-    "ServingService",
-    "TensorSpec",
-    "label_datatype",
-    "model_inputs",
-    "model_outputs",
-    "public_reason",
-]

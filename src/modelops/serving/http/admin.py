@@ -1,0 +1,77 @@
+"""The admin API (bearer token): move the alias to a version or run, or back. Every replica follows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from modelops.errors import InvalidInput
+from modelops.serving.http.body import load_json, read_body
+from modelops.serving.http.deps import require_admin
+from modelops.serving.http.errors import json_response
+from modelops.serving.http.openapi import body, errors
+from modelops.serving.schemas import AdminResult
+from modelops.serving.service import ServingService
+
+router = APIRouter(tags=["admin"])
+ADMIN_ERRORS = (401, 403, 404, 409, 422, 502, 503)
+
+
+def _text(value: Any, field: str) -> str | None:
+    """A version or run id from the body: a string (or, for a version, an integer), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidInput(f"{field} must be a string", field=field)
+    return str(value)
+
+
+def _result(result: dict[str, Any]) -> Response:
+    return json_response(result, headers={"x-model-version": result["version"]})
+
+
+@router.post(
+    "/deploy",
+    summary="Move the alias to a version or run (every replica follows)",
+    response_model=AdminResult,
+    responses=errors(400, 413, 415, *ADMIN_ERRORS),
+    openapi_extra=body("DeployRequest", required=False),
+)
+async def deploy(
+    request: Request,
+    service: Annotated[ServingService, Depends(require_admin)],
+    run_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=256,
+            pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_\-]{0,255}$",
+            description="Run whose model to serve; instead of a body.",
+        ),
+    ] = None,
+) -> Response:
+    raw = await read_body(request, service.settings.max_body_bytes)
+    parsed = load_json(raw) if raw.strip() else {}
+    if not isinstance(parsed, dict):
+        raise InvalidInput("body must be a JSON object", field="body")
+    version = _text(parsed.get("version"), "version")
+    # A field present in the body wins, even when falsy (""): it never falls back to the query parameter.
+    if "run_id" in parsed:
+        if run_id is not None:
+            raise InvalidInput("send run_id in the body or the query, not both", field="run_id")
+        run = _text(parsed["run_id"], "run_id")
+    else:
+        run = run_id
+    return _result(await service.deploy(version, run))
+
+
+@router.post(
+    "/rollback",
+    summary="Move the alias back to its previous holder",
+    response_model=AdminResult,
+    responses=errors(*ADMIN_ERRORS),
+)
+async def rollback(service: Annotated[ServingService, Depends(require_admin)]) -> Response:
+    return _result(await service.rollback())

@@ -1,0 +1,62 @@
+"""Our own API: predictions on plain JSON rows, the loaded model, the registry's versions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from modelops.serving.http.body import load_json, read_body
+from modelops.serving.http.deps import get_service
+from modelops.serving.http.errors import json_response
+from modelops.serving.http.openapi import body, errors
+from modelops.serving.schemas import ModelInfo, PredictResponse, Versions, parse_predict, predict_response
+
+router = APIRouter()
+
+
+@router.post(
+    "/predict",
+    tags=["predict"],
+    summary="Predict one row or many",
+    response_model=PredictResponse,
+    responses=errors(400, 413, 415, 422, 500, 503),
+    openapi_extra=body("PredictRequest"),
+)
+async def predict(request: Request) -> Response:
+    service = get_service(request)
+    settings = service.settings
+    with service.batcher.arriving_request():
+        raw = await read_body(request, settings.max_body_bytes)
+        parsed = load_json(raw)
+        model = service.model()
+        x, single = parse_predict(parsed, model, settings.max_request_rows, raw)
+    result = await service.predict(model, x)
+    return json_response(predict_response(model, result, single), headers={"x-model-version": model.version})
+
+
+@router.get(
+    "/model",
+    tags=["model"],
+    summary="The loaded version, its run, metrics and signature",
+    response_model=ModelInfo,
+    responses=errors(503),
+)
+async def model_info(request: Request) -> Response:
+    return json_response(get_service(request).model_info())
+
+
+@router.get(
+    "/models/versions",
+    tags=["model"],
+    summary="Registry versions, newest first",
+    response_model=Versions,
+    responses=errors(422, 502, 503),
+)
+async def model_versions(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most versions to list.")] = 50,
+) -> Response:
+    answer = await get_service(request).versions(limit)
+    return Response(answer, media_type="application/json")
