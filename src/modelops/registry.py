@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -30,6 +31,7 @@ from modelops.waiting import wait_until
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
+CARD_FILE = "model_card.json"
 
 T = TypeVar("T")
 
@@ -418,6 +420,33 @@ class Registry:
             move.who,
             why,
         )
+
+    def card(self, version: str) -> dict[str, Any]:
+        """The model card the trainer logged for `version`, with the version's alias moves added."""
+        import json
+        import tempfile
+
+        run_id = self.get_version(version).run_id
+        if not run_id:
+            raise VersionNotFound(f"v{version} was not made by a run: it has no model card", field="version")
+
+        def download() -> dict[str, Any]:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    path = self.client.download_artifacts(run_id, CARD_FILE, tmp)
+                except Exception as exc:
+                    if classify(exc) in ("missing", "other"):
+                        raise VersionNotFound(
+                            f"v{version} has no model card (trained before cards existed?)", field="version"
+                        ) from exc
+                    raise
+                return dict(json.loads(Path(path).read_text()))
+
+        card = self._call(download)
+        card["alias_history"] = [
+            m.to_dict() for m in self.audit() if version in (m.to_version, m.from_version)
+        ]
+        return card
 
     def audit(self) -> list[AliasMove]:
         """Every recorded alias move of this model (all aliases), oldest first."""

@@ -127,6 +127,12 @@ class ServerSettings(RegistrySettings):
         default=None,
         description="PEM public key or certificate that verifies model signatures; required to serve.",
     )
+    drift_window_rows: int = Field(
+        default=200, ge=20, le=100_000, description="Served rows per drift window (per version, per worker)."
+    )
+    drift_false_alarm_rate: float = Field(
+        default=0.01, gt=0, lt=1, description="Chance an unshifted window is flagged as drift (all features)."
+    )
     allow_pyfunc_models: bool = Field(
         default=False,
         description="Also load python_function-only models (runs code from the artifact: a risk).",

@@ -10,6 +10,7 @@ from modelops.training.publish import TrainOptions, TrainOutcome, run_training
 from tests.support import TEST_PASSWORDS, Service, free_port, principal_env, serve_argv
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+AUTH_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WORSE = ["n_estimators=2", "max_depth=1"]
 
 

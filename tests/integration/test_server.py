@@ -291,11 +291,14 @@ def test_deploy_by_version_and_run_then_rollback(
 
     # A run logged with MLflow's own log_model is not signed: deploy refuses it and the alias stays.
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("tests")  # the trainer principal's own experiment (not MLflow's default one)
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(max_iter=500).fit(X[:200], DATA.target[:200])
-    with mlflow.start_run() as unsigned:
-        mlflow.sklearn.log_model(model, name="model", input_example=DATA.data.head(2))
+    with mlflow.start_run() as unsigned, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        mlflow.sklearn.save_model(model, str(folder), input_example=DATA.data.head(2))
+        mlflow.log_artifacts(str(folder), "model")  # everything as the trainer does, but no signature
     refused = httpx.post(f"{url}/deploy", params={"run_id": unsigned.info.run_id}, headers=AUTH)
     assert refused.status_code == 422 and "not signed" in refused.json()["error"]["message"], refused.text
     assert MlflowClient(uri).get_model_version_by_alias(model_name, "champion").version == "2"

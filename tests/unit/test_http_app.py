@@ -93,6 +93,7 @@ class FakeRegistry:
     holder: str | None = "1"
     history: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    moves: list[tuple[str, str | None, str, str]] = field(default_factory=list)
 
     def get_version(self, version: str) -> VersionInfo:
         self.calls.append(f"get_version {version}")
@@ -107,7 +108,8 @@ class FakeRegistry:
             raise VersionNotFound(f"no run {run_id!r}", field="run_id")
         return found[0]
 
-    def move_alias(self, version: str) -> str | None:
+    def move_alias(self, version: str, *, action: str = "deploy", why: str = "") -> str | None:
+        self.moves.append((action, self.holder, version, why))
         previous, self.holder = self.holder, version
         if previous is not None and previous != version:
             self.history.append(previous)
@@ -118,8 +120,9 @@ class FakeRegistry:
             raise NothingToRollBack("nothing to roll back to")
         return self.history[-1]
 
-    def rollback(self) -> tuple[str | None, str]:
+    def rollback(self, why: str = "") -> tuple[str | None, str]:
         previous, self.holder = self.holder, self.history.pop()
+        self.moves.append(("rollback", previous, self.holder, why))
         return previous, self.holder
 
     def list_versions(self, limit: int = 100) -> list[VersionInfo]:
@@ -367,6 +370,9 @@ async def test_deploy_by_version_and_run_then_rollback(client: Client) -> None:
     assert in_body.status_code == 200 and in_body.json()["version"] == "1"
     back = await client.post("/rollback", headers=AUTH)
     assert back.status_code == 200 and back.json()["version"] == "2" and registry.holder == "2"
+    # every move is recorded for the audit trail, naming the admin API as the way it was made
+    assert [m[0] for m in registry.moves] == ["deploy", "deploy", "deploy", "deploy", "rollback"]
+    assert all("admin API" in m[3] for m in registry.moves)
 
 
 async def test_a_version_that_cannot_load_never_gets_the_alias(client: Client) -> None:

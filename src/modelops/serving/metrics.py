@@ -3,7 +3,7 @@ PROMETHEUS_MULTIPROC_DIR is set (the server sets it before the workers start).""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -79,6 +79,26 @@ ALIAS_UNFOLLOWED_POLLS = Gauge(
     "Consecutive polls in which the served version differed from the alias (max over workers)",
     multiprocess_mode="livemax",
 )
+
+
+FEATURE_DRIFT = Gauge(
+    "modelops_feature_drift",
+    "Kolmogorov-Smirnov statistic of served vs training rows, per feature (last full window; max over workers)",
+    ["feature"],
+    multiprocess_mode="livemax",
+)
+DRIFT_DETECTED = Gauge(
+    "modelops_drift_detected",
+    "1 when any feature drifted in the last full window (Bonferroni-corrected KS test; max over workers)",
+    multiprocess_mode="livemax",
+)
+
+
+def set_drift(version: str, report: dict[str, Any]) -> None:
+    """The drift gauges from a DriftMonitor report (no full window yet: drift 0, statistics unchanged)."""
+    DRIFT_DETECTED.set(1 if report.get("drift") else 0)
+    for feature in report.get("features", []):
+        FEATURE_DRIFT.labels(feature["feature"]).set(feature["ks_statistic"])
 
 
 def set_model_info(name: str, version: str, run_id: str | None, old: LoadedModel | None) -> None:

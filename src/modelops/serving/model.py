@@ -243,6 +243,14 @@ def load_model(
             )
         )
         loaded = load_local(path, version, metrics, verifier, allow_pyfunc)
+    except ModelLoadError:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    except Exception as exc:  # the download: a missing artifact, a storage or network failure
+        shutil.rmtree(base, ignore_errors=True)
+        raise ModelLoadError(
+            f"cannot download {version.name} v{version.version}: {type(exc).__name__}: {exc}"
+        ) from exc
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise

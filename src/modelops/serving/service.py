@@ -7,6 +7,7 @@ HTTP routes (serving/http/) parse a request, call one method here and render the
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import re
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 
 from modelops.errors import InvalidInput, VersionNotFound
+from modelops.monitoring.drift import DriftMonitor
 from modelops.registry import Registry
 from modelops.serving import metrics
 from modelops.serving.batching import MicroBatcher
@@ -38,6 +40,8 @@ VERSION = re.compile(r"^[0-9]{1,18}$")
 INPUT_NAME = "input-0"
 PREDICT_OUTPUT = "predict"
 PROBA_OUTPUT = "predict_proba"
+# why, in the audit trail, for alias moves made through this server's admin API (the token holder is not named)
+ADMIN_API = "through the model server's admin API (admin token)"
 
 
 def public_reason(detail: str, alias: str) -> str:
@@ -159,6 +163,8 @@ class ServingService:
         # the predictions, whose threads are the default executor's.
         self.registry_pool = ThreadPoolExecutor(settings.registry_threads, thread_name_prefix="registry")
         self.versions_cache = AnswerCache(settings.versions_cache_s)
+        self._drift_key: tuple[str, float] | None = None
+        self._drift: DriftMonitor | None = None
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, registry: Registry | None = None) -> ServingService:
@@ -274,7 +280,56 @@ class ServingService:
 
     async def predict(self, model: LoadedModel, rows: np.ndarray) -> Prediction:
         """Predict float64 rows (already validated) with `model`, micro-batched with concurrent requests."""
+        monitor = self.drift_monitor(model)
+        if monitor is not None:
+            monitor.observe(rows)  # a copy into a bounded ring buffer; the statistics run when asked
         return await self.batcher.predict(model, rows)
+
+    # -- drift --------------------------------------------------------------------------------------------
+    def drift_monitor(self, model: LoadedModel) -> DriftMonitor | None:
+        """The window of rows `model` served (one per loaded model; a swap starts a new one)."""
+        key = (model.version, model.loaded_at)
+        if self._drift_key != key:
+            self._drift_key = key
+            self._drift = (
+                DriftMonitor(
+                    model.drift_reference,
+                    model.columns,
+                    self.settings.drift_window_rows,
+                    self.settings.drift_false_alarm_rate,
+                )
+                if model.drift_reference
+                else None
+            )
+        return self._drift
+
+    def drift_report(self) -> dict[str, Any]:
+        """GET /drift: per feature statistic, threshold, window and verdict for the served version; also
+        refreshes the drift metrics."""
+        model = self.store.require()
+        monitor = self.drift_monitor(model)
+        if monitor is None:
+            report: dict[str, Any] = {
+                "drift": None,
+                "reason": "this version has no training reference (trained before drift detection)",
+                "features": [],
+            }
+        else:
+            report = monitor.report()
+        metrics.set_drift(model.version, report)
+        return {"model_name": model.name, "model_version": model.version, **report}
+
+    def refresh_drift_metrics(self) -> None:
+        """Before a scrape: the drift gauges of the served version (cheap when no full window yet)."""
+        if self.store.current is not None:
+            self.drift_report()
+
+    # -- model cards ------------------------------------------------------------------------------------
+    async def card(self, version: str) -> dict[str, Any]:
+        """A version's model card, with its alias history from the audit trail."""
+        if not VERSION.match(version):
+            raise InvalidInput("version must be a registered version number, e.g. '3'", field="version")
+        return await self.registry_call(self.registry.card, version)
 
     async def versions(self, limit: int) -> bytes:
         """Registry versions newest first, as rendered JSON (cached for versions_cache_s)."""
@@ -319,7 +374,9 @@ class ServingService:
     async def rollback(self) -> dict[str, Any]:
         """Serve the alias' previous holder, then move the alias back to it."""
         target = await self.registry_call(self.registry.previous_version)
-        return await self._serve_and_move(target, "rollback", self.registry.rollback)
+        return await self._serve_and_move(
+            target, "rollback", functools.partial(self.registry.rollback, ADMIN_API)
+        )
 
     async def _serve_and_move(
         self, version: str, action: str, move_alias: Callable[[], object]
@@ -347,4 +404,4 @@ class _MoveAlias:
     version: str
 
     def __call__(self) -> object:
-        return self.registry.move_alias(self.version)
+        return self.registry.move_alias(self.version, action="deploy", why=ADMIN_API)

@@ -12,6 +12,7 @@ from modelops.serving.http.deps import get_service
 from modelops.serving.http.errors import json_response
 from modelops.serving.http.openapi import body, errors
 from modelops.serving.schemas import ModelInfo, PredictResponse, Versions, parse_predict, predict_response
+from modelops.training.card import render_markdown
 
 router = APIRouter()
 
@@ -60,3 +61,20 @@ async def model_versions(
 ) -> Response:
     answer = await get_service(request).versions(limit)
     return Response(answer, media_type="application/json")
+
+
+@router.get(
+    "/models/{version}/card",
+    tags=["model"],
+    summary="A version's model card (JSON, or Markdown with ?format=markdown), with its alias history",
+    responses=errors(404, 422, 502, 503),
+)
+async def model_card(
+    request: Request,
+    version: str,
+    format: Annotated[str, Query(pattern="^(json|markdown)$", description="json or markdown")] = "json",
+) -> Response:
+    card = await get_service(request).card(version)
+    if format == "markdown":
+        return Response(render_markdown(card), media_type="text/markdown; charset=utf-8")
+    return json_response(card)

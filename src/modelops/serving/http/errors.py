@@ -31,6 +31,7 @@ from modelops.errors import (
     RegistryError,
     RegistryForbidden,
     RegistryUnavailable,
+    Unreachable,
     VersionNotFound,
 )
 from modelops.serving.service import ORJSON_OPTIONS
@@ -78,6 +79,7 @@ ERROR_STATUS: list[tuple[type[ModelOpsError], int]] = [
     (NothingToRollBack, 409),
     (AliasNotFound, 503),
     (RegistryUnavailable, 503),
+    (Unreachable, 503),
     (RegistryForbidden, 403),
     (RegistryError, 502),
     (ModelNotReady, 503),

@@ -40,5 +40,21 @@ async def readyz(request: Request) -> Response:
     response_class=Response,
     responses={200: {"content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}, "description": "Metrics"}},
 )
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
+    get_service(request).refresh_drift_metrics()
     return Response(metrics.render(), media_type=PROMETHEUS_TEXT)
+
+
+@router.get(
+    "/drift",
+    tags=["monitoring"],
+    summary="Drift of served inputs from the training data, per feature",
+    description=(
+        "Two-sample Kolmogorov-Smirnov test of the last `window_rows` served rows against a sample of the "
+        "training rows, per feature, Bonferroni-corrected so an unshifted window raises a false alarm with "
+        "probability at most `false_alarm_rate`; PSI over the training deciles as an effect size."
+    ),
+    responses={503: {"description": "No model is loaded"}},
+)
+async def drift(request: Request) -> Response:
+    return json_response(get_service(request).drift_report())
