@@ -12,6 +12,3 @@ def configure_logging(level: str | int) -> None:
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
     logging.basicConfig(level=level, format=FORMAT, force=True)
-    # one INFO line per HTTP request would drown what our own code says
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, level))

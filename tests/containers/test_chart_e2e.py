@@ -208,6 +208,27 @@ print(json.dumps(len(r.json().get("runs", []))))
 """
         before = in_client(cluster, runs_query)
         assert before == 2
+        # every alias move of this run is in the audit trail: who, from, to (what `modelops history` lists)
+        model_name = next(
+            e["value"]
+            for e in model_server(cluster)["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "MODELOPS_MODEL_NAME"
+        )
+        audit_query = f"""
+import httpx, json
+r = httpx.get({mlflow_url + "/api/2.0/mlflow/registered-models/get"!r}, params={{"name": {model_name!r}}},
+              auth={login!r}, timeout={REQUEST_TIMEOUT_S})
+r.raise_for_status()
+tags = {{t["key"]: t["value"] for t in r.json()["registered_model"].get("tags", [])}}
+moves = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("modelops.audit.")]
+print(json.dumps([[m["action"], m["who"], m["from"], m["to"]] for m in moves]))
+"""
+        if login is not None:
+            assert in_client(cluster, audit_query) == [
+                ["promotion", "trainer", None, "1"],
+                ["promotion", "trainer", "1", "2"],
+                ["deploy", "operator", "2", "1"],
+            ]
         cluster.restart(cluster.pods(mlflow_deployment)[0])
         assert in_client(cluster, runs_query) == before
         postgres = next(

@@ -120,6 +120,12 @@ def test_up_status_predict_down_up_keeps_the_champion(
         )  # v1 was never replaced: nothing to go back to
         rejected = modelops("deploy", "--home", str(home), "--version", "1", "--token", "wrong")
         assert rejected.returncode == 1 and "401" in rejected.stderr
+        # the only alias move so far, the first training's promotion, is in the audit trail
+        history = modelops("history", "--home", str(home), "--tracking-uri", mlflow_url, "--output", "json")
+        assert history.returncode == 0, history.stderr
+        assert [(m["action"], m["who"], m["from"], m["to"]) for m in json.loads(history.stdout)] == [
+            ("promotion", "trainer", None, "1")
+        ]
     finally:
         down = modelops("down", "--home", str(home))
     assert down.returncode == 0, down.stderr

@@ -67,6 +67,21 @@ MODEL_REFUSALS = Counter(
     "Versions refused by the trust checks, by reason (unsigned, unknown_key, tampered, pickle, ...)",
     ["reason"],
 )
+# every reason exists from the start (at 0), so rules and dashboards see the series before the first refusal
+REFUSAL_REASONS = (
+    "unsigned",
+    "unknown_key",
+    "tampered",
+    "bad_signature",
+    "identity_mismatch",
+    "pickle",
+    "code",
+    "untrusted_format",
+    "untrusted_types",
+    "untrusted_source",
+)
+for _reason in REFUSAL_REASONS:
+    MODEL_REFUSALS.labels(_reason)
 MODEL_LOAD_DURATION = Histogram(
     "modelops_model_load_duration_seconds",
     "Time to download, load and warm a model version",

@@ -302,6 +302,8 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         )
     )
     registry.wait_until_reachable(options.wait_s)
+    # MLflow's auth answers "permission denied" for reads of a model that does not exist: create it first
+    registry.ensure_registered_model()
     lap("connect")
     champion = registry.alias_version()
     comparison = Comparison(

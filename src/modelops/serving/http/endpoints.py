@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from modelops.serving.http.body import load_json, read_body
@@ -67,11 +67,14 @@ async def model_versions(
     "/models/{version}/card",
     tags=["model"],
     summary="A version's model card (JSON, or Markdown with ?format=markdown), with its alias history",
-    responses=errors(404, 422, 502, 503),
+    responses={
+        **errors(404, 422, 502, 503),
+        200: {"content": {"application/json": {}, "text/markdown": {}}, "description": "The card"},
+    },
 )
 async def model_card(
     request: Request,
-    version: str,
+    version: Annotated[str, Path(pattern="^[0-9]{1,18}$", description="A registered version number.")],
     format: Annotated[str, Query(pattern="^(json|markdown)$", description="json or markdown")] = "json",
 ) -> Response:
     card = await get_service(request).card(version)
