@@ -26,6 +26,8 @@ def served_once(
     env = {"MODELOPS_MODEL_DIR": str(models)}
     first = start_server(tracking_server.uri, model_name, extra_env=env)
     wait_for(lambda: ready(first.uri).get("model_version") == "1", 60, "v1 served")
+    # the copy is written right after the swap, off the request path: wait for it, not for readiness
+    wait_for(lambda: (models / "last-good.json").is_file(), 30, "the last good copy on disk")
     assert (models / "last-good" / "modelops.sig").is_file()
     first.stop()  # as a crash would: downloaded folders may be left behind
     return env
