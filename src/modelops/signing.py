@@ -116,7 +116,11 @@ class Verifier:
                 "models signed by the trainer's key)",
                 field="signing_public_key_path",
             )
-        pem = _public_key_pem(path)
+        return cls._from_pem(_public_key_pem(path))
+
+    @classmethod
+    def _from_pem(cls, pem: bytes) -> Verifier:
+        # model-signing reads the key from a file: one of our own, holding only the public key
         fd, name = tempfile.mkstemp(prefix="modelops-signing-", suffix=".pem")
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
@@ -131,14 +135,11 @@ class Verifier:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"cannot read signing key {path}: {exc}", field="signing_key_path") from exc
-        fd, name = tempfile.mkstemp(prefix="modelops-signing-", suffix=".pem")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(
-                key.public_key().public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
+        return cls._from_pem(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
-        return cls(Path(name))
+        )
 
     def verify(self, model_dir: Path, *, model_name: str, run_id: str | None) -> None:
         """ModelRefused (with a reason label) unless the folder is exactly what the trainer signed for

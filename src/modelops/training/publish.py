@@ -313,7 +313,7 @@ def run_training(options: TrainOptions) -> TrainOutcome:
     if champion is not None:
         comparison.champion_version = champion.version
         if options.promote == "auto":
-            _score_champion(champion, options, comparison, eval_x, eval_y, result.positive_class)
+            _score_champion(registry, champion, options, comparison, eval_x, eval_y, result.positive_class)
     promoted, reason = decide(options.promote, options.metric, options.min_delta, comparison, thresholds)
     awaiting = promoted and options.require_approval
     lap("evaluate_champion")
@@ -365,22 +365,23 @@ def _evaluation_rows(options: TrainOptions, dataset: Dataset, result: TrainResul
 
 
 def _score_champion(
-    champion: Any, options: TrainOptions, comparison: Comparison, x: Any, y: Any, positive: Any
+    registry: Registry,
+    champion: Any,
+    options: TrainOptions,
+    comparison: Comparison,
+    x: Any,
+    y: Any,
+    positive: Any,
 ) -> None:
     """Load the champion the way a server does (signature verified, no code from the artifact) and score it on
     the same rows; a champion that cannot be loaded is reported in the comparison, never silently beaten."""
     from modelops.errors import ModelOpsError
     from modelops.serving.model import load_model
-    from modelops.settings import RegistrySettings
     from modelops.signing import Verifier
 
     assert options.signing_key_path is not None
     try:
-        located = Registry(
-            RegistrySettings(
-                tracking_uri=options.tracking_uri, model_name=options.model_name, model_alias=options.alias
-            )
-        ).with_download_uri(champion)
+        located = registry.with_download_uri(champion)
         loaded = load_model(
             located, options.tracking_uri, {}, None, Verifier.from_private_key(options.signing_key_path)
         )
