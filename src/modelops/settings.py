@@ -168,6 +168,34 @@ class ServerSettings(RegistrySettings):
     registry_threads: int = Field(
         default=4, gt=0, description="Threads for registry calls made by HTTP handlers (not predictions)."
     )
+    ui_enabled: bool = Field(default=True, description="Serve the web console at /ui.")
+    ui_public_read: bool = Field(
+        default=False, description="Let anyone see the console's read-only pages without signing in."
+    )
+    ui_session_ttl_s: int = Field(default=8 * 3600, gt=0, description="How long a console sign-in lasts.")
+    ui_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs console session cookies; derived from the admin token when unset.",
+    )
+    prediction_log_sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of answered requests written to the prediction log (0: off).",
+    )
+    prediction_log_uri: str = Field(
+        default="mlflow-artifacts:/predictions",
+        description="Where prediction-log files go: through MLflow's artifact proxy, or a file:// folder.",
+    )
+    prediction_log_flush_s: float = Field(
+        default=5.0, gt=0, description="Longest a logged prediction waits in memory before it is written."
+    )
+    prediction_log_max_buffer_rows: int = Field(
+        default=200_000, gt=0, description="Rows held in memory for the log; above it records are dropped."
+    )
+    feedback_max_pending: int = Field(
+        default=100_000, gt=0, description="Recent answers kept per worker to join labels sent to /feedback."
+    )
 
 
 class StackSettings(_Base):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -31,6 +32,7 @@ from modelops.settings import ServerSettings
 from modelops.signing import Verifier
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 # MLflow's own rule for run ids; anything else is refused before it reaches a registry filter string.
@@ -141,6 +143,21 @@ def model_outputs(model: LoadedModel) -> list[TensorSpec]:
     return outputs
 
 
+@dataclass(frozen=True)
+class PredictionEvent:
+    """One answered prediction request, as listeners (prediction log, console, rollout statistics) see it."""
+
+    at: float  # unix time the answer was ready
+    request_id: str
+    model: LoadedModel
+    rows: np.ndarray  # float64, N x features (do not modify)
+    prediction: Prediction
+    latency_s: float  # from the start of the predict call to the answer
+
+
+PredictionListener = Callable[[PredictionEvent], None]
+
+
 class ServingService:
     """The served model and the registry behind it: readiness, metadata, predictions, alias moves."""
 
@@ -165,6 +182,7 @@ class ServingService:
         self.versions_cache = AnswerCache(settings.versions_cache_s)
         self._drift_key: tuple[str, float] | None = None
         self._drift: DriftMonitor | None = None
+        self.prediction_listeners: list[PredictionListener] = []
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, registry: Registry | None = None) -> ServingService:
@@ -278,12 +296,26 @@ class ServingService:
             "outputs": [t.to_dict() for t in model_outputs(model)],
         }
 
-    async def predict(self, model: LoadedModel, rows: np.ndarray) -> Prediction:
+    def add_prediction_listener(self, listener: PredictionListener) -> None:
+        """Call `listener` after every answered prediction, on the event loop. It must be quick (hand work to
+        a queue) and never block; an exception it raises is logged and the answer still goes out."""
+        self.prediction_listeners.append(listener)
+
+    async def predict(self, model: LoadedModel, rows: np.ndarray, request_id: str = "") -> Prediction:
         """Predict float64 rows (already validated) with `model`, micro-batched with concurrent requests."""
+        start = time.perf_counter()
         monitor = self.drift_monitor(model)
         if monitor is not None:
             monitor.observe(rows)  # a copy into a bounded ring buffer; the statistics run when asked
-        return await self.batcher.predict(model, rows)
+        result = await self.batcher.predict(model, rows)
+        if self.prediction_listeners:
+            event = PredictionEvent(time.time(), request_id, model, rows, result, time.perf_counter() - start)
+            for listener in self.prediction_listeners:
+                try:
+                    listener(event)
+                except Exception:  # a listener's bug never costs a client its answer
+                    log.exception("prediction listener %r failed", listener)
+        return result
 
     # -- drift --------------------------------------------------------------------------------------------
     def drift_monitor(self, model: LoadedModel) -> DriftMonitor | None:

@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from modelops import __version__
+from modelops import __version__, console
 from modelops.registry import Registry
-from modelops.serving.http import admin, endpoints, errors, ops, v2
+from modelops.serving.http import admin, endpoints, errors, feedback, ops, v2
 from modelops.serving.http.middleware import RequestContext
 from modelops.serving.http.openapi import OpenAPIDocument
 from modelops.serving.service import ServingService
@@ -35,10 +35,12 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
         lifespan=lifespan,
     )
     app.state.service = service
-    for module in (endpoints, v2, ops, admin):  # the prediction routes first: they are matched most
+    for module in (endpoints, v2, ops, admin, feedback):  # the prediction routes first: they are matched most
         # The routes themselves, not include_router: FastAPI's included routers match every request a second
         # time (measured: +25 us on /predict, +65 us on v2 infer, about 10% and 20% of a single-row request).
         app.router.routes.extend(module.router.routes)
+    if settings.ui_enabled:
+        console.mount(app, service)
     errors.install(app)
     app.add_middleware(RequestContext, store=service.store)
     app.openapi = OpenAPIDocument(app, service)  # type: ignore[method-assign]

@@ -46,6 +46,8 @@ class RequestContext:
         request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         if not REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex.encode()
+        # handlers read it as request.state.request_id (the routing key of rollouts, the prediction log's id)
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
         state = _ResponseState()
         store = self.store
 
