@@ -96,6 +96,47 @@ ALIAS_UNFOLLOWED_POLLS = Gauge(
 )
 
 
+# Per served version (champion and challenger during a rollout): what rollout analysis and the console compare.
+# Only versions loaded by this process get series, so the label's cardinality stays bounded.
+VERSION_REQUESTS = Counter(
+    "modelops_version_requests",
+    "Prediction requests by the version that answered and outcome (ok, error)",
+    ["version", "outcome"],
+)
+VERSION_LATENCY = Histogram(
+    "modelops_version_predict_duration_seconds",
+    "Time from a request's validated rows to its prediction, by version (batching wait included)",
+    ["version"],
+    buckets=LATENCY_BUCKETS,
+)
+VERSION_CLASSES = Counter(
+    "modelops_version_predicted_rows", "Predicted rows by version and predicted class", ["version", "label"]
+)
+SCORE_BINS = 10
+VERSION_SCORES = Counter(
+    "modelops_version_score_rows",
+    "Predicted rows by version and tenth of the positive class's probability (bin 0: [0, 0.1), ... 9: [0.9, 1])",
+    ["version", "bin"],
+)
+
+
+def observe_version(version: str, labels: Any, probabilities: Any, latency_s: float) -> None:
+    """Count one answered request of `version`: its latency, predicted classes and score distribution."""
+    import numpy as np
+
+    VERSION_REQUESTS.labels(version, "ok").inc()
+    VERSION_LATENCY.labels(version).observe(latency_s)
+    values, counts = np.unique(labels, return_counts=True)
+    if len(values) <= 32:  # a regressor's labels are numbers: no per-class series for them
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            VERSION_CLASSES.labels(version, str(value)).inc(count)
+    if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] >= 1:
+        bins = np.minimum((probabilities[:, -1] * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+        for b, count in enumerate(np.bincount(np.maximum(bins, 0), minlength=SCORE_BINS).tolist()):
+            if count:
+                VERSION_SCORES.labels(version, str(b)).inc(count)
+
+
 FEATURE_DRIFT = Gauge(
     "modelops_feature_drift",
     "Kolmogorov-Smirnov statistic of served vs training rows, per feature (last full window; max over workers)",

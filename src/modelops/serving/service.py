@@ -307,9 +307,15 @@ class ServingService:
         monitor = self.drift_monitor(model)
         if monitor is not None:
             monitor.observe(rows)  # a copy into a bounded ring buffer; the statistics run when asked
-        result = await self.batcher.predict(model, rows)
+        try:
+            result = await self.batcher.predict(model, rows)
+        except Exception:
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            raise
+        latency_s = time.perf_counter() - start
+        metrics.observe_version(model.version, result.labels, result.probabilities, latency_s)
         if self.prediction_listeners:
-            event = PredictionEvent(time.time(), request_id, model, rows, result, time.perf_counter() - start)
+            event = PredictionEvent(time.time(), request_id, model, rows, result, latency_s)
             for listener in self.prediction_listeners:
                 try:
                     listener(event)
