@@ -14,6 +14,7 @@ from modelops import __version__
 from modelops.errors import EXIT_UNHEALTHY, InvalidInput, ModelOpsError, exit_code
 from modelops.local.stack import StackConfig
 from modelops.logs import configure_logging
+from modelops.rollout.commands import add_controller, add_rollout
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
 from modelops.training.data import DEFAULT_MAX_BYTES
 from modelops.training.publish import TrainOptions
@@ -22,7 +23,7 @@ from modelops.training.train import ALGORITHMS, PROMOTE_MODES
 # Flag defaults come from the option classes themselves, never repeated here.
 TRAIN_DEFAULTS = TrainOptions(tracking_uri="", model_name="", experiment="", alias="")
 STACK_DEFAULTS = StackConfig(home=Path())
-PROGRESS_COMMANDS = frozenset({"db", "create-bucket", "auth", "smoke-test"})
+PROGRESS_COMMANDS = frozenset({"db", "create-bucket", "auth", "smoke-test", "controller"})
 
 
 def _fail(message: str, code: int) -> int:
@@ -517,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_ops,
         _add_security,
         _add_governance,
+        add_rollout,
+        add_controller,
     ]
     for add in registrars:
         add(sub)

@@ -15,7 +15,8 @@ ModelOpsError
 │   ├── AliasNotFound         no version holds the alias
 │   ├── VersionNotFound       no such model version / run
 │   ├── RegistryForbidden     the registry refused our credential (401/403 from MLflow)
-│   └── NothingToRollBack     the alias has no earlier holder
+│   ├── NothingToRollBack     the alias has no earlier holder
+│   └── RolloutConflict       a rollout is (or is not) running, so this rollout action cannot be done
 ├── ModelError
 │   ├── ModelLoadError        a version could not be downloaded, loaded or warmed up
 │   │   └── ModelRefused      a version failed the trust checks (signature, format, types); has `reason`
@@ -93,6 +94,10 @@ class RegistryForbidden(RegistryError):
 
 class NothingToRollBack(RegistryError):
     code = "nothing_to_roll_back"
+
+
+class RolloutConflict(RegistryError):
+    code = "rollout_conflict"
 
 
 class ModelError(ModelOpsError):

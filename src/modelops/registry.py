@@ -6,6 +6,7 @@ holder in a registered-model tag so that `rollback` works from any replica and s
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -123,8 +124,12 @@ class RestWriter:
 
     def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one call; RegistryForbidden on 401/403, VersionNotFound on a missing resource."""
+        return self.call("POST", endpoint, body)
+
+    def call(self, method: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call with `method` (MLflow's DELETE endpoints take a JSON body too)."""
         try:
-            response = httpx.post(self.base + endpoint, json=body, auth=self.auth, timeout=30)
+            response = httpx.request(method, self.base + endpoint, json=body, auth=self.auth, timeout=30)
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(f"MLflow is not reachable: {type(exc).__name__}") from exc
         if response.status_code < 400:
@@ -490,6 +495,36 @@ class Registry:
         self.writer.post(
             "registered-models/alias", {"name": self.name, "alias": self.alias, "version": version}
         )
+
+    # -- other aliases and rollout state -------------------------------------------------------------
+    def for_alias(self, alias: str) -> Registry:
+        """The same registry (client, principals) working with another alias of the model."""
+        other = copy.copy(self)
+        other.alias = alias
+        return other
+
+    def set_alias(self, version: str, *, action: str, why: str) -> None:
+        """Point the alias at `version` (no rollback history: for the challenger) and audit the move."""
+        current = self.alias_version()
+        self._set_alias(self.get_version(version).version)
+        self._record(action, current.version if current else None, version, why)
+
+    def delete_alias(self, *, action: str, why: str) -> None:
+        """Remove the alias from whichever version holds it (nothing when none does), audited."""
+        current = self.alias_version()
+        if current is None:
+            return
+        self.writer.call("DELETE", "registered-models/alias", {"name": self.name, "alias": self.alias})
+        self._record(action, current.version, "", why)
+
+    def model_tag(self, key: str) -> str | None:
+        """A tag of the registered model, or None."""
+        model = self._call(lambda: self.client.get_registered_model(self.name))
+        value = (model.tags or {}).get(key)
+        return None if value is None else str(value)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        self.writer.post("registered-models/set-tag", {"name": self.name, "key": key, "value": value})
 
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -94,8 +94,79 @@ class TrainerSettings(RegistrySettings):
     )
 
 
-class ServerSettings(RegistrySettings):
+class RolloutSettings(RegistrySettings):
+    """Progressive delivery: the challenger alias, rollout defaults and the analysis' thresholds."""
+
+    challenger_alias: str = Field(
+        default="challenger", description="Registry alias of the version under a rollout."
+    )
+    rollout_steps: str = Field(
+        default="5,25,50,100", description="Default traffic percentages of a rollout's steps, in order."
+    )
+    rollout_interval_s: float = Field(
+        default=60.0, gt=0, description="Default length of a rollout step (its analysis window)."
+    )
+    rollout_min_requests: int = Field(
+        default=100, ge=1, description="Challenger requests a step needs before its analysis decides."
+    )
+    rollout_max_error_ratio_increase: float = Field(
+        default=0.01, ge=0, le=1, description="Most the challenger's error ratio may exceed the champion's."
+    )
+    rollout_max_p99_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        description="Most the challenger's p99 latency may be, as a multiple of the champion's.",
+    )
+    rollout_p99_slack_ms: float = Field(
+        default=20.0, ge=0, description="A p99 increase below this many milliseconds always passes."
+    )
+    rollout_max_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="Most the predicted-probability distribution may shift from the champion's (PSI).",
+    )
+    registry_write_username: str | None = Field(
+        default=None, description="MLflow principal alias moves are made as (the operator)."
+    )
+    registry_write_password: SecretStr | None = Field(
+        default=None, description="Password of the principal alias moves are made as."
+    )
+
+
+class ControllerSettings(RolloutSettings):
+    """The rollout controller (`modelops controller`): drives rollouts stored in the registry."""
+
+    controller_targets: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Comma-separated base URLs of model-server replicas whose /metrics the analysis reads.",
+    )
+    controller_targets_dns: str | None = Field(
+        default=None,
+        description="host:port of a headless Service; every address it resolves to is a replica (chart).",
+    )
+    controller_prometheus_url: str | None = Field(
+        default=None, description="Prometheus to query instead of scraping the replicas."
+    )
+    controller_tick_s: float = Field(
+        default=5.0, gt=0, description="How often the controller reads the rollout and the metrics."
+    )
+
+
+class ServerSettings(RolloutSettings):
     """The model server (`modelops serve`)."""
+
+    routing_header: str = Field(
+        default="x-request-id",
+        description="Request header whose sticky hash picks champion or challenger during a rollout.",
+    )
+    challenger_timeout_ms: float = Field(
+        default=1000.0, gt=0, description="Longest a challenger may take; then the champion answers."
+    )
+    shadow_queue_requests: int = Field(
+        default=1000,
+        gt=0,
+        description="Requests waiting for the challenger in shadow mode; more are dropped.",
+    )
 
     poll_interval_s: float = Field(default=10.0, gt=0, description="How often to check the alias.")
     poll_backoff_max_s: float = Field(
@@ -136,12 +207,6 @@ class ServerSettings(RegistrySettings):
     allow_pyfunc_models: bool = Field(
         default=False,
         description="Also load python_function-only models (runs code from the artifact: a risk).",
-    )
-    registry_write_username: str | None = Field(
-        default=None, description="MLflow principal the admin API moves the alias with (the operator)."
-    )
-    registry_write_password: SecretStr | None = Field(
-        default=None, description="Password of the admin API's registry principal."
     )
     max_concurrent_connections: int = Field(
         default=1000,

@@ -11,7 +11,7 @@ import gzip
 import json
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,26 @@ class FakeRegistry:
     history: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     moves: list[tuple[str, str | None, str, str]] = field(default_factory=list)
+    # shared by the copies for_alias makes: the other aliases' holders and the registered model's tags
+    aliases: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    writer: Any = field(default_factory=lambda: type("Writer", (), {"username": "operator"})())
+
+    def for_alias(self, alias: str) -> FakeRegistry:
+        return replace(self, alias=alias)
+
+    def set_alias(self, version: str, *, action: str, why: str) -> None:
+        self.moves.append((action, self.aliases.get(self.alias), version, why))
+        self.aliases[self.alias] = version
+
+    def delete_alias(self, *, action: str, why: str) -> None:
+        self.moves.append((action, self.aliases.pop(self.alias, None), "", why))
+
+    def model_tag(self, key: str) -> str | None:
+        return self.tags.get(key)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        self.tags[key] = value
 
     def get_version(self, version: str) -> VersionInfo:
         self.calls.append(f"get_version {version}")
@@ -130,6 +150,8 @@ class FakeRegistry:
         return sorted(self.versions.values(), key=lambda v: -int(v.version))[:limit]
 
     def alias_version(self) -> VersionInfo | None:
+        if self.alias != "champion":
+            return self.versions.get(self.aliases.get(self.alias, ""))
         return self.versions.get(self.holder or "")
 
     def run_metrics(self, run_id: str | None) -> dict[str, float]:

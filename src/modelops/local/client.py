@@ -79,3 +79,17 @@ def deploy(server_url: str, token: str, version: str | None, run_id: str | None)
 
 def rollback(server_url: str, token: str) -> dict[str, Any]:
     return _call("POST", f"{server_url}/rollback", headers={"Authorization": f"Bearer {token}"})
+
+
+def rollout(
+    server_url: str, token: str | None, action: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """GET /rollout (action "status") or POST /rollout/<action> with the admin token."""
+    if action == "status":
+        return _call("GET", f"{server_url}/rollout")
+    return _call(
+        "POST",
+        f"{server_url}/rollout/{action}",
+        json=body or {},
+        headers={"Authorization": f"Bearer {token}"},
+    )

@@ -120,6 +120,30 @@ VERSION_SCORES = Counter(
 )
 
 
+SHADOW_REQUESTS = Counter(
+    "modelops_shadow_requests",
+    "Copies of requests for the challenger in shadow mode, by outcome (compared, dropped, error, timeout)",
+    ["outcome"],
+)
+for _outcome in ("compared", "dropped", "error", "timeout"):
+    SHADOW_REQUESTS.labels(_outcome)
+SHADOW_ROWS = Counter(
+    "modelops_shadow_rows",
+    "Shadow rows by whether the challenger's label agreed with the champion's",
+    ["agreement"],
+)
+SHADOW_ABS_DELTA = Counter(
+    "modelops_shadow_abs_delta_p",
+    "Sum over shadow rows of |challenger - champion| positive-class probability",
+)
+ROLLOUT_PERCENT = Gauge(
+    "modelops_rollout_percent",
+    "The challenger's share of traffic this replica applies now (0 without a rollout)",
+    ["version", "mode"],
+    multiprocess_mode="livemax",
+)
+
+
 def observe_version(version: str, labels: Any, probabilities: Any, latency_s: float) -> None:
     """Count one answered request of `version`: its latency, predicted classes and score distribution."""
     import numpy as np

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from modelops.errors import InvalidInput, PayloadTooLarge
 from modelops.serving.model import LoadedModel, Prediction
@@ -111,6 +111,32 @@ class AdminResult(BaseModel):
     previous_version: str | None
     version: str
     run_id: str | None
+
+
+class RolloutDecision(BaseModel):
+    at: float = Field(description="Unix time of the decision")
+    step: int = Field(description="Index of the step it was made at")
+    percent: int = Field(description="The challenger's share at that step")
+    verdict: str = Field(description="start, pass, wait, fail, promote or abort")
+    reason: str
+
+
+class RolloutStatus(BaseModel):
+    """The rollout this replica applies (from its last read of the registry); state idle without one."""
+
+    model_config = ConfigDict(extra="allow")
+    state: str = Field(description="idle, running, promoted or aborted")
+    id: str | None = None
+    version: str | None = Field(default=None, description="The challenger")
+    champion_version: str | None = None
+    mode: str | None = Field(default=None, description="canary or shadow")
+    steps: list[int] | None = None
+    step: int | None = None
+    percent: int | None = Field(default=None, description="The challenger's share of traffic now")
+    interval_s: float | None = None
+    decisions: list[RolloutDecision] | None = None
+    challenger_alias: str
+    challenger_loaded: str | None = Field(description="The challenger version loaded here, if any")
 
 
 class V2ServerMetadata(BaseModel):

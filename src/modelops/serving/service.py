@@ -20,12 +20,15 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from modelops.errors import InvalidInput, VersionNotFound
+from modelops.errors import InvalidInput, ModelError, ModelOpsError, VersionNotFound
 from modelops.monitoring.drift import DriftMonitor
 from modelops.registry import Registry
+from modelops.rollout.manage import Rollouts
+from modelops.rollout.state import parse_steps
 from modelops.serving import metrics
 from modelops.serving.batching import MicroBatcher
 from modelops.serving.model import LoadedModel, Prediction
+from modelops.serving.routing import ChallengerFollower, ChallengerRunner, selected
 from modelops.serving.store import ModelStore
 from modelops.serving.watcher import AliasWatcher
 from modelops.settings import ServerSettings
@@ -183,6 +186,12 @@ class ServingService:
         self._drift_key: tuple[str, float] | None = None
         self._drift: DriftMonitor | None = None
         self.prediction_listeners: list[PredictionListener] = []
+        self.rollouts = Rollouts(registry, settings.challenger_alias)
+        # the challenger is loaded (and verified) by the same loader as the champion
+        self.follower = ChallengerFollower(self.rollouts.challenger, watcher, settings.poll_interval_s)
+        self.challenger_runner = ChallengerRunner(
+            settings.challenger_timeout_ms / 1000, settings.shadow_queue_requests
+        )
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, registry: Registry | None = None) -> ServingService:
@@ -219,8 +228,12 @@ class ServingService:
         metrics.MODEL_LOADED.set(0)
         self.watcher.start()
         self.batcher.start()
+        self.follower.start()
+        self.challenger_runner.start()
 
     async def stop(self) -> None:
+        await self.follower.stop()
+        await self.challenger_runner.stop()
         await self.watcher.stop()
         await self.batcher.stop()
         self.registry_pool.shutdown(wait=False, cancel_futures=True)
@@ -277,6 +290,9 @@ class ServingService:
                 f"model {name!r} is not served here; this server serves {model.name!r}", field="name"
             )
         if version is not None and version != model.version:
+            active = self.follower.active()
+            if active is not None and active[1].version == version:
+                return active[1]
             raise VersionNotFound(
                 f"version {version!r} of {name!r} is not loaded; this server serves v{model.version}",
                 field="version",
@@ -304,15 +320,70 @@ class ServingService:
     async def predict(self, model: LoadedModel, rows: np.ndarray, request_id: str = "") -> Prediction:
         """Predict float64 rows (already validated) with `model`, micro-batched with concurrent requests."""
         start = time.perf_counter()
-        monitor = self.drift_monitor(model)
-        if monitor is not None:
-            monitor.observe(rows)  # a copy into a bounded ring buffer; the statistics run when asked
+        self._observe_drift(model, rows)
         try:
             result = await self.batcher.predict(model, rows)
         except Exception:
             metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
             raise
-        latency_s = time.perf_counter() - start
+        self._answered(model, rows, result, time.perf_counter() - start, request_id)
+        return result
+
+    async def predict_routed(
+        self, model: LoadedModel, rows: np.ndarray, request_id: str, routing_key: str
+    ) -> tuple[LoadedModel, Prediction]:
+        """Predict with the champion `model`, or during a canary rollout with the challenger when the routing key
+        falls in its share (a challenger failure or timeout is answered by the champion); in shadow mode the
+        champion answers and a copy goes to the challenger. Returns the version that answered and its answer."""
+        active = self.follower.active()
+        if (
+            active is None
+            or active[1].columns != model.columns
+            or not selected(routing_key, active[0].percent)
+        ):
+            return model, await self.predict(model, rows, request_id)
+        state, challenger = active
+        if state.mode == "shadow":
+            result = await self.predict(model, rows, request_id)
+            self.challenger_runner.offer(challenger, rows, result)
+            return model, result
+        self._observe_drift(model, rows)
+        try:
+            result, latency_s = await self.challenger_runner.predict(challenger, rows)
+        except Exception as exc:  # the client never sees the challenger fail: the champion answers
+            metrics.VERSION_REQUESTS.labels(challenger.version, "error").inc()
+            log.debug("challenger v%s failed (%s): the champion answers", challenger.version, exc)
+            return model, await self.predict(model, rows, request_id)
+        self._answered(challenger, rows, result, latency_s, request_id)
+        return challenger, result
+
+    async def predict_pinned(self, model: LoadedModel, rows: np.ndarray, request_id: str) -> Prediction:
+        """Predict with exactly `model` (asked for by version): the champion, or the challenger in its threads."""
+        active = self.follower.active()
+        if active is None or active[1] is not model:
+            return await self.predict(model, rows, request_id)
+        try:
+            result, latency_s = await self.challenger_runner.predict(model, rows)
+        except TimeoutError:
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            raise ModelError(f"challenger v{model.version} did not answer in time") from None
+        except ModelOpsError:
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            raise
+        except Exception as exc:
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            raise ModelError(f"challenger v{model.version} failed: {type(exc).__name__}") from exc
+        self._answered(model, rows, result, latency_s, request_id)
+        return result
+
+    def _observe_drift(self, model: LoadedModel, rows: np.ndarray) -> None:
+        monitor = self.drift_monitor(model)
+        if monitor is not None:
+            monitor.observe(rows)  # a copy into a bounded ring buffer; the statistics run when asked
+
+    def _answered(
+        self, model: LoadedModel, rows: np.ndarray, result: Prediction, latency_s: float, request_id: str
+    ) -> None:
         metrics.observe_version(model.version, result.labels, result.probabilities, latency_s)
         if self.prediction_listeners:
             event = PredictionEvent(time.time(), request_id, model, rows, result, latency_s)
@@ -321,7 +392,6 @@ class ServingService:
                     listener(event)
                 except Exception:  # a listener's bug never costs a client its answer
                     log.exception("prediction listener %r failed", listener)
-        return result
 
     # -- drift --------------------------------------------------------------------------------------------
     def drift_monitor(self, model: LoadedModel) -> DriftMonitor | None:
@@ -432,6 +502,60 @@ class ServingService:
             "version": model.version,
             "run_id": model.run_id,
         }
+
+    # -- rollouts ---------------------------------------------------------------------------------------
+    def rollout_status(self) -> dict[str, Any]:
+        """What this replica applies now (from its last poll of the registry)."""
+        state = self.follower.state
+        active = self.follower.active()
+        body: dict[str, Any] = state.to_dict() if state is not None else {"state": "idle"}
+        body["challenger_alias"] = self.settings.challenger_alias
+        body["challenger_loaded"] = active[1].version if active else None
+        if self.follower.last_error:
+            body["registry_warning"] = public_reason(self.follower.last_error, self.settings.challenger_alias)
+        return body
+
+    async def rollout_start(
+        self, version: str, steps: list[int] | str | None, interval_s: float | None, mode: str | None
+    ) -> dict[str, Any]:
+        """Start a rollout of `version` against the champion: it must load and verify here first, and take
+        the same inputs as the champion."""
+        if not VERSION.match(version):
+            raise InvalidInput("version must be a registered version number, e.g. '3'", field="version")
+        parsed = parse_steps(steps if steps is not None else self.settings.rollout_steps)
+        interval = self.settings.rollout_interval_s if interval_s is None else interval_s
+        champion = self.store.require()
+        info = await self.registry_call(self.registry.get_version, version)
+        candidate = await self.watcher.load(info)  # refused or broken versions stop here (422)
+        try:
+            if candidate.columns != champion.columns:
+                raise InvalidInput(
+                    f"v{version} takes columns {candidate.columns}, the champion {champion.columns}",
+                    field="version",
+                )
+            state = await self.registry_call(
+                self.rollouts.start, version, mode or "canary", parsed, float(interval)
+            )
+        finally:
+            candidate.release()
+        self.follower.wake()
+        return state.to_dict()
+
+    async def rollout_abort(self, why: str) -> dict[str, Any]:
+        state = await self.registry_call(self.rollouts.abort, why or "aborted through the admin API")
+        self.follower.wake()
+        return state.to_dict()
+
+    async def rollout_promote(self, why: str) -> dict[str, Any]:
+        """Serve the challenger as champion here first, then move the aliases (every replica follows)."""
+        state = await self.registry_call(self.rollouts.running)
+        reason = why or "promoted through the admin API"
+        await self._serve_and_move(
+            state.version, "promote", functools.partial(self.rollouts.promote, reason, expect=state)
+        )
+        self.follower.wake()
+        current = await self.registry_call(self.rollouts.current)
+        return current.to_dict() if current else {"state": "idle"}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ async def predict(request: Request) -> Response:
         parsed = load_json(raw)
         model = service.model()
         x, single = parse_predict(parsed, model, settings.max_request_rows, raw)
-    result = await service.predict(model, x, request.state.request_id)
+    key = request.headers.get(settings.routing_header) or request.state.request_id
+    model, result = await service.predict_routed(model, x, request.state.request_id, key)
     return json_response(predict_response(model, result, single), headers={"x-model-version": model.version})
 
 

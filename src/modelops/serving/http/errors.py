@@ -31,6 +31,7 @@ from modelops.errors import (
     RegistryError,
     RegistryForbidden,
     RegistryUnavailable,
+    RolloutConflict,
     Unreachable,
     VersionNotFound,
 )
@@ -77,6 +78,7 @@ ERROR_STATUS: list[tuple[type[ModelOpsError], int]] = [
     (AdminDisabled, 403),
     (VersionNotFound, 404),
     (NothingToRollBack, 409),
+    (RolloutConflict, 409),
     (AliasNotFound, 503),
     (RegistryUnavailable, 503),
     (Unreachable, 503),

@@ -158,6 +158,44 @@ def infer_request(model: LoadedModel | None, max_rows: int) -> dict[str, Any]:
     }
 
 
+def rollout_start_request() -> dict[str, Any]:
+    return {
+        "title": "RolloutStartRequest",
+        "type": "object",
+        "required": ["version"],
+        "properties": {
+            "version": {
+                "anyOf": [
+                    {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+                ],
+                "description": "Registered version to roll out as the challenger.",
+            },
+            "steps": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                "minItems": 1,
+                "maxItems": 100,
+                "description": "Increasing traffic percentages ending at 100 (default: the server's).",
+            },
+            "interval_s": {"type": "number", "minimum": 1, "maximum": 86400, "description": "Step length."},
+            "mode": {"type": "string", "enum": ["canary", "shadow"]},
+        },
+        "additionalProperties": False,
+    }
+
+
+def rollout_action_request() -> dict[str, Any]:
+    return {
+        "title": "RolloutActionRequest",
+        "type": "object",
+        "properties": {
+            "why": {"type": "string", "maxLength": 500, "description": "Recorded with the decision."}
+        },
+        "additionalProperties": False,
+    }
+
+
 def deploy_request() -> dict[str, Any]:
     return {
         "title": "DeployRequest",
@@ -212,5 +250,7 @@ class OpenAPIDocument:
         schemas["PredictRequest"] = predict_request(model, max_rows)
         schemas["V2InferRequest"] = infer_request(model, max_rows)
         schemas["DeployRequest"] = deploy_request()
+        schemas["RolloutStartRequest"] = rollout_start_request()
+        schemas["RolloutActionRequest"] = rollout_action_request()
         self._cached = (key, document)
         return document

@@ -46,7 +46,11 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         raw = await read_body(request, settings.max_body_bytes)
         model = service.model(name, version)
         decoded = decode_infer(raw, request.headers.get(HEADER_LENGTH), model, settings.max_request_rows)
-    result = await service.predict(model, decoded.rows, request.state.request_id)
+    if version is None:
+        key = request.headers.get(settings.routing_header) or request.state.request_id
+        model, result = await service.predict_routed(model, decoded.rows, request.state.request_id, key)
+    else:  # a version asked for by number: that one answers (the champion, or a loaded challenger)
+        result = await service.predict_pinned(model, decoded.rows, request.state.request_id)
     content, header_length = encode_infer(model, result, decoded)
     if header_length is None:
         return Response(content, media_type="application/json", headers={"x-model-version": model.version})

@@ -1,0 +1,202 @@
+"""Champion/challenger routing during a rollout, the same on every replica.
+
+A request goes to the challenger when a sticky hash of its routing key (X-Request-Id by default) falls under the
+rollout's current percentage: a client that repeats its key always meets the same version, and every replica makes
+the same choice for a key. The rollout's state (challenger version, percentage, mode) comes from the registry
+(rollout/state.py); `ChallengerFollower` polls it and keeps the challenger loaded (verified like any version).
+
+The challenger never runs on the event loop: a slow or stalled challenger must not delay the champion's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelops.errors import ModelOpsError, RegistryError
+from modelops.registry import Registry
+from modelops.rollout.state import ROLLOUT_TAG, RolloutState
+from modelops.serving import metrics
+from modelops.serving.model import LoadedModel, Prediction
+from modelops.serving.tasks import cancel
+from modelops.serving.watcher import AliasWatcher
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 10_000  # percentages to two decimals
+
+
+def bucket(key: str) -> int:
+    """The key's place in 0..9999: a stable hash, so every replica and every restart agree."""
+    digest = hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def selected(key: str, percent: float) -> bool:
+    """Whether a request with routing key `key` belongs to the `percent` share."""
+    return bucket(key) < percent * (BUCKETS // 100)
+
+
+class ChallengerFollower:
+    """Keeps this process's view of the rollout: the state from the registry and the challenger loaded."""
+
+    def __init__(self, registry: Registry, loader: AliasWatcher, poll_interval_s: float) -> None:
+        self.registry = registry
+        self.loader = loader
+        self.poll_interval_s = poll_interval_s
+        self.state: RolloutState | None = None
+        self.model: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._refused: str | None = None  # a version that failed to load: not retried every poll
+
+    def active(self) -> tuple[RolloutState, LoadedModel] | None:
+        """The running rollout and its loaded challenger, or None (then the champion takes everything)."""
+        state, model = self.state, self.model
+        if state is None or model is None or not state.running or model.version != state.version:
+            return None
+        return state, model
+
+    async def sync_once(self) -> None:
+        raw = await asyncio.to_thread(self.registry.model_tag, ROLLOUT_TAG)
+        state = RolloutState.parse(raw)
+        self.state = state
+        if state is not None and state.running:
+            if (self.model is None or self.model.version != state.version) and self._refused != state.version:
+                await self._load(state.version)
+        elif self.model is not None:
+            log.info(
+                "rollout of v%s is over (%s): challenger unloaded", self.model.version, state and state.state
+            )
+            self._drop()
+        active = self.active()
+        metrics.ROLLOUT_PERCENT.clear()
+        if active is not None:
+            metrics.ROLLOUT_PERCENT.labels(active[1].version, active[0].mode).set(active[0].percent)
+
+    async def _load(self, version: str) -> None:
+        info = await asyncio.to_thread(self.registry.get_version, version)
+        try:
+            model = await self.loader.load(info)
+        except ModelOpsError as exc:
+            self._refused = version
+            log.error("challenger v%s cannot be served: %s; the champion takes all traffic", version, exc)
+            return
+        old, self.model = self.model, model
+        if old is not None:
+            old.release()
+        log.info("challenger v%s loaded", version)
+
+    def _drop(self) -> None:
+        old, self.model = self.model, None
+        if old is not None:
+            old.release()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync_once()
+                self.last_error = None
+            except RegistryError as exc:  # keep the last known state: the rollout goes on as it was
+                self.last_error = exc.message
+                log.warning("rollout poll: %s", exc.message)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("rollout poll failed unexpectedly")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+
+    def wake(self) -> None:
+        """Poll now (after this process changed the rollout)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="rollout-follower")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+        self._drop()
+
+
+class ChallengerRunner:
+    """Runs challenger predictions in their own threads with a deadline, and shadow copies from a bounded queue."""
+
+    def __init__(self, timeout_s: float, queue_requests: int, threads: int = 4) -> None:
+        self.timeout_s = timeout_s
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="challenger")
+        self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
+        self._task: asyncio.Task[None] | None = None
+
+    async def predict(self, model: LoadedModel, rows: np.ndarray) -> tuple[Prediction, float]:
+        """The challenger's prediction and its latency; raises on its failure or after the deadline."""
+        start = time.perf_counter()
+        future = asyncio.get_running_loop().run_in_executor(self.pool, model.predict, rows)
+        result = await asyncio.wait_for(future, self.timeout_s)
+        if len(result.labels) != len(rows):
+            raise ValueError(
+                f"challenger v{model.version} answered {len(result.labels)} labels for {len(rows)} rows"
+            )
+        return result, time.perf_counter() - start
+
+    def offer(self, model: LoadedModel, rows: np.ndarray, champion: Prediction) -> None:
+        """Queue a copy for the challenger (shadow mode); dropped and counted when the queue is full."""
+        try:
+            self.queue.put_nowait(_Copy(model, rows, champion))
+        except asyncio.QueueFull:
+            metrics.SHADOW_REQUESTS.labels("dropped").inc()
+
+    async def _shadow(self) -> None:
+        while True:
+            copy = await self.queue.get()
+            try:
+                result, latency_s = await self.predict(copy.model, copy.rows)
+            except TimeoutError:
+                metrics.SHADOW_REQUESTS.labels("timeout").inc()
+                metrics.VERSION_REQUESTS.labels(copy.model.version, "error").inc()
+                continue
+            except Exception as exc:
+                metrics.SHADOW_REQUESTS.labels("error").inc()
+                metrics.VERSION_REQUESTS.labels(copy.model.version, "error").inc()
+                log.debug("shadow prediction of v%s failed: %s", copy.model.version, exc)
+                continue
+            metrics.SHADOW_REQUESTS.labels("compared").inc()
+            metrics.observe_version(copy.model.version, result.labels, result.probabilities, latency_s)
+            compare(copy.champion, result)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._shadow(), name="shadow")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def compare(champion: Prediction, challenger: Prediction) -> None:
+    """Agreement and probability difference of two answers to the same rows, into the shadow metrics."""
+    agree = int(np.count_nonzero(np.asarray(champion.labels) == np.asarray(challenger.labels)))
+    rows = len(champion.labels)
+    if agree:
+        metrics.SHADOW_ROWS.labels("agree").inc(agree)
+    if rows - agree:
+        metrics.SHADOW_ROWS.labels("disagree").inc(rows - agree)
+    p, q = champion.probabilities, challenger.probabilities
+    if p is not None and q is not None and p.shape == q.shape:
+        metrics.SHADOW_ABS_DELTA.inc(float(np.abs(q[:, -1] - p[:, -1]).sum()))
+
+
+@dataclass(frozen=True)
+class _Copy:
+    model: LoadedModel
+    rows: np.ndarray
+    champion: Prediction
