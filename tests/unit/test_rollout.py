@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -164,11 +163,10 @@ async def app_client() -> AsyncIterator[Client]:
 
 
 async def send(client: Client, n: int, **kwargs: Any) -> list[str]:
+    """n predictions with distinct request ids (fixed ones, so the shares are the same every run)."""
     versions = []
-    for _ in range(n):
-        r = await client.post(
-            "/predict", {"features": ROW}, headers={"X-Request-Id": uuid.uuid4().hex}, **kwargs
-        )
+    for i in range(n):
+        r = await client.post("/predict", {"features": ROW}, headers={"X-Request-Id": f"req-{i}"}, **kwargs)
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == r.headers["x-model-version"]
         versions.append(r.headers["x-model-version"])
