@@ -42,7 +42,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--algorithm", default=TRAIN_DEFAULTS.algorithm, choices=ALGORITHMS, help="estimator to fit"
     )
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="hyper-parameter")
-    p.add_argument("--data", default=None, help="CSV path, s3://bucket/key or http(s):// URL [built-in set]")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=(
+            "CSV path, s3://bucket/key, http(s):// URL, or a prediction log "
+            "(mlflow-artifacts:/predictions/model=<name>, or a folder) [built-in set]"
+        ),
+    )
     p.add_argument("--target", default=TRAIN_DEFAULTS.target, help="label column of a CSV")
     p.add_argument(
         "--positive-class",

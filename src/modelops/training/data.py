@@ -1,4 +1,5 @@
-"""Datasets for training: the built-in breast cancer set, or a CSV from a path, s3:// or http(s)://.
+"""Datasets for training: the built-in breast cancer set, a CSV from a path, s3:// or http(s)://, or the
+labelled rows of a prediction log (mlflow-artifacts:/... or a local folder).
 
 `--data` is untrusted input that may carry secrets (user-info, a token in the query string): only
 `redact_source(source)` is ever stored, logged or shown. Downloads are bounded in size, time and redirects.
@@ -12,6 +13,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from modelops.errors import DataError, InvalidInput
@@ -284,6 +287,11 @@ def _frame_from_csv(raw: bytes, source: str, target: str) -> Dataset:
         raise DataError(f"{source} is not a readable CSV: {exc}", field="data") from exc
     if frame.empty:
         raise DataError(f"{source} has a header but no rows", field="data")
+    return _validated(frame, source, target, _digest(raw))
+
+
+def _validated(frame: pd.DataFrame, source: str, target: str, digest: str) -> Dataset:
+    """Numeric features and a target with at least two classes, from `frame`; `source` is already redacted."""
     if target not in frame.columns:
         raise DataError(
             f"target column {target!r} not in {source}; columns are: {', '.join(map(str, frame.columns))}",
@@ -314,7 +322,109 @@ def _frame_from_csv(raw: bytes, source: str, target: str) -> Dataset:
             field="target",
         )
     name = Path(urlsplit(source).path).stem or "data"
-    return Dataset(pd.DataFrame(converted), labels, source, name, _digest(raw))
+    return Dataset(pd.DataFrame(converted), labels, source, name, digest)
+
+
+def is_prediction_log(source: str) -> bool:
+    """Whether `source` names a prediction log: mlflow-artifacts:/..., or a local folder (file:// or a path)."""
+    text = source.strip()
+    if text.lower().startswith("mlflow-artifacts:"):
+        return True
+    match = _URL.match(text)
+    scheme = match["scheme"].lower() if match else ""
+    if scheme not in ("", "file"):
+        return False
+    return Path(unquote(urlsplit(text).path) if scheme == "file" else text).is_dir()
+
+
+def _gunzip(data: bytes, limit: int, shown: str) -> bytes:
+    """Decompress one gzip member, never inflating past `limit` bytes (a gzip bomb stops there)."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        text = inflate.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise DataError(f"{shown}: a prediction-log file is not gzip ({exc})", field="data") from exc
+    if len(text) > limit:
+        raise DataError(
+            f"{shown} is larger than the download limit of {limit} bytes (decompressed); raise it with "
+            "--max-bytes",
+            field="data",
+        )
+    return text
+
+
+def _prediction_log(source: str, target: str, max_bytes: int, tracking_uri: str | None) -> Dataset:
+    """Labelled rows of a prediction log (see modelops.monitoring.predlog): answers joined to labels by
+    request id and row; rows without a label are left out. `max_bytes` bounds the decompressed total."""
+    from modelops.monitoring.feedback import labelled_records
+    from modelops.monitoring.predlog import FEEDBACK_DIR, StoreError, open_store
+
+    shown = redact_source(source)
+    text = source.strip()
+    auth: tuple[str, str] | None = None
+    if text.lower().startswith("mlflow-artifacts:"):
+        import mlflow
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        # the trainer's principal, as `modelops train` set it for MLflow's own client
+        creds = read_mlflow_creds()
+        auth = (creds.username, creds.password) if creds.username and creds.password else None
+        store, prefix = open_store(
+            text, tracking_uri or mlflow.get_tracking_uri(), auth, timeout_s=_READ_TIMEOUT_S
+        )
+    else:
+        folder = Path(unquote(urlsplit(text).path) if text.lower().startswith("file:") else text)
+        # open the store above `model=<name>`, so that a version folder still finds the model's labels
+        parts = folder.parts
+        cut = max((i for i, p in enumerate(parts) if p.startswith("model=")), default=len(parts))
+        store, _ = open_store(str(Path(*parts[:cut])) if cut else ".", "", None)
+        prefix = "/".join(parts[cut:])
+    segments = prefix.split("/") if prefix else []
+    model_at = next((i for i, p in enumerate(segments) if p.startswith("model=")), None)
+    try:
+        files = store.list(prefix)
+        if model_at is not None and len(segments) > model_at + 1:
+            files += store.list("/".join([*segments[: model_at + 1], FEEDBACK_DIR]))
+        answers: list[dict[str, object]] = []
+        labels: list[dict[str, object]] = []
+        digest = hashlib.sha256()
+        budget = max_bytes
+        for path, size in sorted(set(files)):
+            if size > budget:
+                raise _too_large(shown, max_bytes)
+            raw = _gunzip(store.get(path, budget), budget, shown)
+            budget -= len(raw)
+            digest.update(raw)
+            into = labels if f"/{FEEDBACK_DIR}/" in f"/{path}" else answers
+            into.extend(orjson.loads(line) for line in raw.splitlines() if line.strip())
+    except StoreError as exc:
+        raise DataError(f"cannot read {shown}: {_scrub(str(exc))}", field="data") from None
+    except orjson.JSONDecodeError as exc:
+        raise DataError(f"{shown}: a prediction-log line is not JSON ({exc})", field="data") from None
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+    joined = labelled_records(answers, labels)
+    if not joined:
+        raise DataError(
+            f"{shown} holds {len(answers)} logged rows and {len(labels)} labels but no labelled row; send labels "
+            "to POST /feedback",
+            field="data",
+        )
+    rows = [
+        record["inputs"]
+        if isinstance(record.get("inputs"), dict)
+        else {f"x{i}": v for i, v in enumerate(record.get("inputs") or [])}
+        for record, _ in joined
+    ]
+    frame = pd.DataFrame.from_records(rows)
+    if target in frame.columns:
+        raise DataError(
+            f"a logged feature is named like the target {target!r}; pass another --target", field="target"
+        )
+    frame[target] = [label for _, label in joined]
+    return _validated(frame, shown, target, digest.hexdigest()[:16])
 
 
 def load_dataset(
@@ -323,11 +433,15 @@ def load_dataset(
     s3_endpoint_url: str | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    tracking_uri: str | None = None,
 ) -> Dataset:
     """Load and validate a dataset. Raises DataError with the offending field on any problem.
 
     Reads at most `max_bytes` from a path, s3:// or http(s)://; http(s) follows redirects only on the same
     scheme, host and port. `Dataset.source` and every error message carry `redact_source(source)` only.
+    A prediction log (`mlflow-artifacts:/<log>/model=<name>` through the MLflow server at `tracking_uri`,
+    MLflow's configured one when None, or a local folder of that layout) gives its labelled rows: the logged
+    inputs as features and the label as `target`.
     """
     if source in (None, "", BUILTIN, "builtin"):
         return _builtin()
@@ -336,4 +450,6 @@ def load_dataset(
         raise InvalidInput(
             f"--max-bytes must be a positive number of bytes, not {max_bytes}", field="max_bytes"
         )
+    if is_prediction_log(source):
+        return _prediction_log(source, target, max_bytes, tracking_uri)
     return _frame_from_csv(_read_bytes(source, s3_endpoint_url, max_bytes), redact_source(source), target)

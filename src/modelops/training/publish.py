@@ -14,7 +14,7 @@ from modelops import __version__
 from modelops.errors import ConfigError, InvalidInput, RegistryUnavailable
 from modelops.registry import MODEL_ARTIFACT_PATH, Registry, classify
 from modelops.training.card import CARD_JSON, CARD_MD, build_card, render_markdown
-from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, load_dataset
+from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, is_prediction_log, load_dataset
 from modelops.training.evaluation import Comparison, Threshold, decide, score_candidate, score_champion
 from modelops.training.train import (
     PROMOTE_MODES,
@@ -230,7 +230,9 @@ def _log_run(
             client.log_dict(run_id, comparison.to_dict(), "evaluation.json")
             frame = dataset.features.assign(**{options.target: dataset.target.to_numpy()})
             # For the built-in set MLflow records the code that loaded it as the source.
-            source = {} if dataset.source == BUILTIN else {"source": dataset.source}
+            # MLflow has no dataset-source resolver for mlflow-artifacts: (the card and params keep the source)
+            plain = dataset.source == BUILTIN or is_prediction_log(dataset.source)
+            source = {} if plain else {"source": dataset.source}
             data = mlflow.data.pandas_dataset.from_pandas(
                 frame, name=dataset.name, targets=options.target, **source
             )
@@ -275,7 +277,13 @@ def run_training(options: TrainOptions) -> TrainOutcome:
     if options.promote not in PROMOTE_MODES:
         raise InvalidInput(f"--promote must be one of {', '.join(PROMOTE_MODES)}", field="promote")
     params = parse_params(options.params)
-    dataset = load_dataset(options.data, options.target, options.s3_endpoint_url, max_bytes=options.max_bytes)
+    dataset = load_dataset(
+        options.data,
+        options.target,
+        options.s3_endpoint_url,
+        max_bytes=options.max_bytes,
+        tracking_uri=options.tracking_uri,
+    )
     lap("load_data")
     result = fit_and_evaluate(
         dataset, options.algorithm, params, options.test_size, options.seed, options.positive_class
@@ -354,7 +362,11 @@ def _evaluation_rows(options: TrainOptions, dataset: Dataset, result: TrainResul
         assert result.x_test is not None and result.y_test is not None
         return "the candidate's held-out split", result.x_test, result.y_test
     data = load_dataset(
-        options.eval_data, options.target, options.s3_endpoint_url, max_bytes=options.max_bytes
+        options.eval_data,
+        options.target,
+        options.s3_endpoint_url,
+        max_bytes=options.max_bytes,
+        tracking_uri=options.tracking_uri,
     )
     missing = [c for c in dataset.features.columns if c not in data.features.columns]
     if missing:

@@ -1,0 +1,568 @@
+"""The prediction log: every sampled answer (and every label sent to /feedback) as gzip'd JSON lines in the
+artifact store, written in the background so that serving never waits for, or fails because of, the store.
+
+Layout under the log root (`prediction_log_uri`), one file per flush and partition:
+  model=<name>/version=<v>/date=<YYYY-MM-DD>/<unix_ms>-<host>-<pid>-<seq>.jsonl.gz   answers, a record per row
+  model=<name>/feedback/date=<YYYY-MM-DD>/<unix_ms>-<host>-<pid>-<seq>.jsonl.gz      labels
+Answer record: {"request_id", "row", "ts", "model", "version", "inputs": {column: value}, "outputs": {"label",
+"probabilities": {class: p} | null}, "latency_ms"}; label record: {"request_id", "row", "label", "ts"}.
+
+Through MLflow's artifact proxy (`mlflow-artifacts:/<path>`), the root is `<path>` inside the artifact root of
+the experiment `PREDICTION_LOG_EXPERIMENT`: with MLflow's basic-auth app (default permission READ) only an
+admin may upload to a path that names no experiment, while the principal that creates an experiment (or one
+granted EDIT on it) may upload under `<experiment_id>/`. Every principal may read it (default READ).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import itertools
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from modelops.errors import ConfigError
+from modelops.monitoring import metrics
+
+if TYPE_CHECKING:
+    import httpx
+
+    from modelops.serving.service import PredictionEvent
+    from modelops.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+PREDICTION_LOG_EXPERIMENT = "modelops-prediction-log"
+FEEDBACK_DIR = "feedback"
+SUFFIX = ".jsonl.gz"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_API = "/api/2.0/mlflow"
+_ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+# A file holds at most this many rows: a long outage followed by recovery writes several modest files, not one
+# that takes minutes to upload or to read back.
+FILE_MAX_ROWS = 50_000
+# Flush early once this many rows wait, so that a burst does not wait for the timer.
+EARLY_FLUSH_ROWS = 20_000
+# Attempts per file within one flush (with backoff between); a file that still fails waits for the next flush.
+WRITE_ATTEMPTS = 3
+RETRY_BASE_S = 0.5
+
+
+def path_segment(text: str) -> str:
+    """`text` as one path segment of the log layout: characters outside [A-Za-z0-9._-] become '_'."""
+    return _UNSAFE.sub("_", text) or "_"
+
+
+def model_dir(model: str) -> str:
+    return f"model={path_segment(model)}"
+
+
+def utc_date(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether `request_id` is in the log's sample: a hash of the id, so every worker and replica agrees."""
+    if rate >= 1.0:
+        return True
+    return rate > 0.0 and zlib.crc32(request_id.encode()) < rate * 0x1_0000_0000
+
+
+# -- where files go -----------------------------------------------------------------------------------------
+class StoreError(Exception):
+    """A write or read failed; `permanent` when retrying cannot help (refused credentials, bad path)."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class LogStore(Protocol):
+    """Files of the log, by path relative to its root."""
+
+    shown: str  # where it is, safe to log
+
+    def put(self, path: str, data: bytes) -> None: ...
+
+    def list(self, prefix: str) -> list[tuple[str, int]]: ...
+
+    def get(self, path: str, max_bytes: int) -> bytes: ...
+
+
+class FolderStore:
+    """A local (or mounted) folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.shown = str(root)
+
+    def put(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, target)  # readers never see half a file
+        except OSError as exc:
+            raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            (p.relative_to(self.root).as_posix(), p.stat().st_size)
+            for p in base.rglob(f"*{SUFFIX}")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def get(self, path: str, max_bytes: int) -> bytes:
+        target = self.root / path
+        try:
+            if target.stat().st_size > max_bytes:
+                raise StoreError(f"{target} is larger than {max_bytes} bytes", permanent=True)
+            return target.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read {target}: {exc.strerror or exc}") from exc
+
+
+class ArtifactProxyStore:
+    """MLflow's artifact proxy (`--serve-artifacts`), under the log experiment's artifact root; plain httpx
+    with a timeout (the MLflow client retries for minutes and would hold the writer that long)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        root: str,
+        auth: tuple[str, str] | None,
+        *,
+        create_experiment: bool = False,
+        timeout_s: float = 10.0,
+        experiment: str = PREDICTION_LOG_EXPERIMENT,
+    ) -> None:
+        import httpx
+
+        self.base = tracking_uri.rstrip("/")
+        self.root = root.strip("/")
+        self.experiment = experiment
+        self.create_experiment = create_experiment
+        self.shown = f"mlflow-artifacts:/{self.root} (experiment {experiment} at {self.base})"
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), auth=auth, follow_redirects=False)
+        self._experiment_id: str | None = None
+
+    def _check(self, response: httpx.Response, what: str) -> None:
+        if response.is_success:
+            return
+        permanent = response.status_code in (400, 401, 403, 404)
+        raise StoreError(f"{what}: HTTP {response.status_code} {response.text[:200]}", permanent)
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            return self.client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise StoreError(f"{method} {self.base}: {type(exc).__name__}: {exc}") from exc
+
+    def experiment_id(self) -> str:
+        """The log experiment's id, created on first use when this principal may (it then owns it)."""
+        if self._experiment_id is not None:
+            return self._experiment_id
+        for _ in range(2):
+            response = self._call(
+                "GET",
+                f"{self.base}{_API}/experiments/get-by-name",
+                params={"experiment_name": self.experiment},
+            )
+            if response.is_success:
+                self._experiment_id = str(response.json()["experiment"]["experiment_id"])
+                return self._experiment_id
+            if response.status_code != 404 or not self.create_experiment:
+                self._check(response, f"experiment {self.experiment}")
+                raise StoreError(f"experiment {self.experiment} does not exist (yet)")
+            created = self._call(
+                "POST", f"{self.base}{_API}/experiments/create", json={"name": self.experiment}
+            )
+            if created.is_success:
+                self._experiment_id = str(created.json()["experiment_id"])
+                return self._experiment_id
+            if "RESOURCE_ALREADY_EXISTS" not in created.text:  # else another worker made it: read it again
+                self._check(created, f"creating experiment {self.experiment}")
+        raise StoreError(f"experiment {self.experiment} could not be resolved")
+
+    def _url(self, path: str) -> str:
+        parts = [self.experiment_id(), self.root, path.strip("/")]
+        return f"{self.base}{_ARTIFACTS}/" + "/".join(p for p in parts if p)
+
+    def put(self, path: str, data: bytes) -> None:
+        url = self._url(path)
+        response = self._call("PUT", url, content=data, headers={"Content-Type": "application/octet-stream"})
+        self._check(response, f"upload of {path}")
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        start = "/".join(p for p in (self.experiment_id(), self.root, prefix.strip("/")) if p)
+        strip = len("/".join(p for p in (self.experiment_id(), self.root) if p)) + 1
+        found: list[tuple[str, int]] = []
+        pending = [start]
+        while pending:
+            folder = pending.pop()
+            response = self._call("GET", f"{self.base}{_ARTIFACTS}", params={"path": folder})
+            self._check(response, f"listing {folder}")
+            for entry in response.json().get("files", []):
+                full = f"{folder}/{entry['path'].rpartition('/')[2]}"
+                if entry.get("is_dir"):
+                    pending.append(full)
+                elif full.endswith(SUFFIX):
+                    found.append((full[strip:], int(entry.get("file_size") or 0)))
+        return sorted(found)
+
+    def get(self, path: str, max_bytes: int) -> bytes:
+        url = self._url(path)
+        import httpx
+
+        try:
+            with self.client.stream("GET", url) as response:
+                self._check(response, f"download of {path}")
+                parts, size = [], 0
+                for chunk in response.iter_raw():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise StoreError(f"{path} is larger than {max_bytes} bytes", permanent=True)
+                    parts.append(chunk)
+                return b"".join(parts)
+        except httpx.HTTPError as exc:
+            raise StoreError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_store(
+    uri: str,
+    tracking_uri: str,
+    auth: tuple[str, str] | None,
+    *,
+    create_experiment: bool = False,
+    timeout_s: float = 10.0,
+) -> tuple[LogStore, str]:
+    """The store a log URI names and the prefix inside it: `mlflow-artifacts:/<path>` (through the proxy at
+    `tracking_uri`), `file:///<folder>` or a plain folder. ConfigError for anything else."""
+    parts = urlsplit(uri.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "mlflow-artifacts":
+        if parts.netloc:
+            raise ConfigError(
+                f"{uri}: give the path only (mlflow-artifacts:/<path>); the server is the tracking URI",
+                field="prediction_log_uri",
+            )
+        store = ArtifactProxyStore(
+            tracking_uri, "", auth, create_experiment=create_experiment, timeout_s=timeout_s
+        )
+        return store, unquote(parts.path).strip("/")
+    if scheme == "file" or scheme == "":
+        folder = Path(unquote(parts.path) if scheme == "file" else uri)
+        return FolderStore(folder), ""
+    raise ConfigError(
+        f"{uri}: the prediction log goes to mlflow-artifacts:/<path> or file:///<folder>",
+        field="prediction_log_uri",
+    )
+
+
+# -- the writer ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeedbackItem:
+    """A label for row `row` of the answer to `request_id`."""
+
+    request_id: str
+    label: str | int | float | bool
+    row: int = 0
+
+
+@dataclass
+class _Pending:
+    """A file waiting to be written (again)."""
+
+    path: str
+    data: bytes
+    rows: int
+
+
+def _answer_records(event: PredictionEvent) -> Iterator[dict[str, Any]]:
+    model = event.model
+    columns = model.columns
+    labels = event.prediction.labels.tolist()
+    probabilities = event.prediction.probabilities
+    classes = [str(c) for c in model.classes] if model.classes else None
+    proba = probabilities.tolist() if probabilities is not None else None
+    latency_ms = round(event.latency_s * 1000, 3)
+    for i, row in enumerate(event.rows.tolist()):
+        outputs: dict[str, Any] = {"label": labels[i], "probabilities": None}
+        if proba is not None:
+            names = classes or [str(c) for c in range(len(proba[i]))]
+            outputs["probabilities"] = dict(zip(names, proba[i], strict=False))
+        yield {
+            "request_id": event.request_id,
+            "row": i,
+            "ts": event.at,
+            "model": model.name,
+            "version": model.version,
+            "inputs": dict(zip(columns, row, strict=False)) if columns else row,
+            "outputs": outputs,
+            "latency_ms": latency_ms,
+        }
+
+
+def encode(records: list[dict[str, Any]]) -> bytes:
+    """gzip'd JSON lines (level 5: about as small as 9 here, at a third of the time)."""
+    text = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
+    return gzip.compress(text, compresslevel=5, mtime=0)
+
+
+class PredictionLog:
+    """A bounded in-memory buffer filled by `observe` (a prediction listener: O(1), never raises, never
+    blocks) and drained by a writer thread every `flush_s` into the store.
+
+    Memory is bounded by `max_buffer_rows` rows (waiting plus failed-and-retrying): above it new answers are
+    dropped and counted. A file that cannot be written is retried at the next flush; `stop` writes what is
+    left within its deadline and counts the rest as failed. With no store (`store=None`: no credential that
+    may write) every answer is dropped and counted."""
+
+    def __init__(
+        self,
+        store: LogStore | None,
+        prefix: str = "",
+        *,
+        sample_rate: float = 1.0,
+        flush_s: float = 5.0,
+        max_buffer_rows: int = 200_000,
+        host: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self.sample_rate = sample_rate
+        self.flush_s = flush_s
+        self.max_buffer_rows = max_buffer_rows
+        self.host = path_segment(host or socket.gethostname())
+        self.pid = os.getpid()
+        self.clock = clock
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._answers: list[PredictionEvent] = []
+        self._labels: list[tuple[str, float, FeedbackItem]] = []
+        self._retry: list[_Pending] = []
+        self.buffer_rows = 0
+        self.written = self.dropped = self.failed = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: set[str] = set()
+
+    # -- the serving side (event loop) ------------------------------------------------------------------
+    def observe(self, event: PredictionEvent) -> None:
+        """Queue a sampled answer, or drop and count it when the buffer is full."""
+        if not sampled(event.request_id, self.sample_rate):
+            return
+        self._add(len(event.rows), lambda: self._answers.append(event))
+
+    def log_labels(self, model: str, items: list[FeedbackItem]) -> int:
+        """Queue labels for the log; returns how many were queued (the rest were dropped and counted)."""
+        at = self.clock()
+        queued = 0
+        for item in items:
+            if self._add(1, functools.partial(self._labels.append, (model, at, item))):
+                queued += 1
+        return queued
+
+    def _add(self, rows: int, append: Callable[[], None]) -> bool:
+        with self._lock:
+            if self.store is None or self.buffer_rows + rows > self.max_buffer_rows:
+                self.dropped += rows
+                metrics.LOG_RECORDS.labels("dropped").inc(rows)
+                return False
+            append()
+            self.buffer_rows += rows
+            buffered = self.buffer_rows
+        metrics.LOG_BUFFER_ROWS.set(buffered)
+        if buffered >= EARLY_FLUSH_ROWS:
+            self._wake.set()
+        return True
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.store is None:
+            log.warning(
+                "prediction log: nowhere to write (no credential that may write); records are dropped"
+            )
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Write everything queued (blocking, at most `timeout_s`); what cannot be written is counted failed."""
+        deadline = time.monotonic() + timeout_s
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():  # a hanging store: stop waiting, the process is going away
+                log.warning("prediction log: writer still busy after %.0f s; giving up", timeout_s)
+            self._thread = None
+        else:
+            self.flush(deadline)
+        with self._lock:
+            lost = self.buffer_rows
+            self.buffer_rows = 0
+            self._answers, self._labels, self._retry = [], [], []
+        if lost:
+            self._count("failed", lost)
+            log.warning("prediction log: %d rows could not be written before shutdown", lost)
+        metrics.LOG_BUFFER_ROWS.set(0)
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.flush(time.monotonic() + max(self.flush_s * 4, 30.0))
+            except Exception:  # the writer must outlive any bug: the next flush tries again
+                log.exception("prediction log: flush failed")
+        self.flush(time.monotonic() + 15.0, final=True)
+
+    # -- writing (writer thread) -----------------------------------------------------------------------
+    def flush(self, deadline: float, final: bool = False) -> None:
+        """Write what is queued now, and retry files that failed before; stop trying at `deadline`."""
+        with self._lock:
+            answers, self._answers = self._answers, []
+            labels, self._labels = self._labels, []
+            files, self._retry = self._retry, []
+        files.extend(self._files(answers, labels))
+        for index, pending in enumerate(files):
+            if time.monotonic() >= deadline:
+                self._requeue(files[index:])
+                return
+            if not self._write(pending, deadline, final):
+                # the store is down: the rest waits for the next flush rather than for more timeouts
+                self._requeue(files[index + 1 :])
+                return
+
+    def _files(
+        self, answers: list[PredictionEvent], labels: list[tuple[str, float, FeedbackItem]]
+    ) -> list[_Pending]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for event in answers:
+            folder = f"{model_dir(event.model.name)}/version={path_segment(event.model.version)}"
+            key = f"{folder}/date={utc_date(event.at)}"
+            groups.setdefault(key, []).extend(_answer_records(event))
+        for model, at, item in labels:
+            key = f"{model_dir(model)}/{FEEDBACK_DIR}/date={utc_date(at)}"
+            record = {"request_id": item.request_id, "row": item.row, "label": item.label, "ts": at}
+            groups.setdefault(key, []).append(record)
+        files = []
+        stamp = int(self.clock() * 1000)
+        for folder, records in groups.items():
+            for start in range(0, len(records), FILE_MAX_ROWS):
+                chunk = records[start : start + FILE_MAX_ROWS]
+                name = f"{stamp}-{self.host}-{self.pid}-{next(self._seq)}{SUFFIX}"
+                path = "/".join(p for p in (self.prefix, folder, name) if p)
+                files.append(_Pending(path, encode(chunk), len(chunk)))
+        return files
+
+    def _write(self, pending: _Pending, deadline: float, final: bool) -> bool:
+        """Write one file (retrying); False when the store is unreachable and the file was requeued."""
+        assert self.store is not None
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                self.store.put(pending.path, pending.data)
+            except StoreError as exc:
+                metrics.LOG_WRITE_ERRORS.inc()
+                if exc.permanent:
+                    self._warn_once(
+                        "refused", "prediction log: %s refused a write (%s)", self.store.shown, exc
+                    )
+                    self._release(pending.rows, "failed")
+                    return True
+                self._warn_once(
+                    "down", "prediction log: cannot write to %s (%s); retrying", self.store.shown, exc
+                )
+                delay = RETRY_BASE_S * 2**attempt
+                if attempt + 1 == WRITE_ATTEMPTS or time.monotonic() + delay >= deadline:
+                    break
+                if final:
+                    time.sleep(delay)
+                elif self._stopping.wait(delay):
+                    break  # shutting down: the final flush tries again, without waiting for the timer
+            else:
+                self._warned.discard("down")
+                self._release(pending.rows, "written")
+                return True
+        self._requeue([pending])
+        return False
+
+    def _requeue(self, files: list[_Pending]) -> None:
+        with self._lock:
+            self._retry.extend(files)
+
+    def _release(self, rows: int, outcome: str) -> None:
+        with self._lock:
+            self.buffer_rows -= rows
+            buffered = self.buffer_rows
+        self._count(outcome, rows)
+        metrics.LOG_BUFFER_ROWS.set(buffered)
+
+    def _count(self, outcome: str, rows: int) -> None:
+        with self._lock:
+            if outcome == "written":
+                self.written += rows
+            else:
+                self.failed += rows
+        metrics.LOG_RECORDS.labels(outcome).inc(rows)
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+
+def from_settings(settings: ServerSettings) -> PredictionLog | None:
+    """The server's log (None when `prediction_log_sample_rate` is 0). Through MLflow it writes as the
+    server's write principal (the operator): the read-only one may not upload. A server with only a read
+    credential has nowhere to write: its log drops (and counts) every record."""
+    if settings.prediction_log_sample_rate <= 0:
+        return None
+    store: LogStore | None = None
+    prefix = ""
+    uri = settings.prediction_log_uri
+    if urlsplit(uri.strip()).scheme.lower() == "mlflow-artifacts":
+        auth: tuple[str, str] | None = None
+        if settings.registry_write_username and settings.registry_write_password:
+            auth = (settings.registry_write_username, settings.registry_write_password.get_secret_value())
+        if auth is not None or settings.tracking_username is None:  # none at all: MLflow without auth
+            store, prefix = open_store(uri, settings.tracking_uri, auth, create_experiment=True)
+    else:
+        store, prefix = open_store(uri, settings.tracking_uri, None)
+    return PredictionLog(
+        store,
+        prefix,
+        sample_rate=settings.prediction_log_sample_rate,
+        flush_s=settings.prediction_log_flush_s,
+        max_buffer_rows=settings.prediction_log_max_buffer_rows,
+    )
