@@ -509,14 +509,6 @@ class Registry:
         self._set_alias(self.get_version(version).version)
         self._record(action, current.version if current else None, version, why)
 
-    def delete_alias(self, *, action: str, why: str) -> None:
-        """Remove the alias from whichever version holds it (nothing when none does), audited."""
-        current = self.alias_version()
-        if current is None:
-            return
-        self.writer.call("DELETE", "registered-models/alias", {"name": self.name, "alias": self.alias})
-        self._record(action, current.version, "", why)
-
     def model_tag(self, key: str) -> str | None:
         """A tag of the registered model, or None."""
         model = self._call(lambda: self.client.get_registered_model(self.name))

@@ -150,6 +150,40 @@ class ControllerSettings(RolloutSettings):
     controller_tick_s: float = Field(
         default=5.0, gt=0, description="How often the controller reads the rollout and the metrics."
     )
+    retrain_on_drift: bool = Field(
+        default=True,
+        description="Start one retraining when served inputs drift for retrain_drift_checks checks.",
+    )
+    retrain_drift_checks: int = Field(
+        default=3, ge=1, description="Consecutive drift checks that must all see drift before a retraining."
+    )
+    retrain_check_s: float = Field(
+        default=60.0, gt=0, description="Seconds between drift checks (at least one window of traffic apart)."
+    )
+    retrain_cooldown_s: float = Field(
+        default=6 * 3600.0, ge=0, description="Least time between two drift-triggered retrainings."
+    )
+    retrain_launcher: str = Field(
+        default="local",
+        pattern="^(local|kubernetes)$",
+        description="How a retraining starts: a local `modelops train` process, or a Job from the CronJob.",
+    )
+    retrain_cronjob: str | None = Field(
+        default=None, description="CronJob whose job template a drift-triggered Job copies (kubernetes)."
+    )
+    retrain_namespace: str | None = Field(
+        default=None, description="Namespace of that CronJob; the pod's own when unset (kubernetes)."
+    )
+    retrain_home: Path | None = Field(
+        default=None, description="The local platform's home, for the trainer's credentials and key (local)."
+    )
+    controller_health_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the controller's /healthz (the chart listens on 0.0.0.0).",
+    )
+    controller_health_port: int = Field(
+        default=8090, ge=0, le=65535, description="Port of the controller's /healthz; 0 turns it off."
+    )
 
 
 class ServerSettings(RolloutSettings):

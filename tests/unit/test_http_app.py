@@ -106,9 +106,6 @@ class FakeRegistry:
         self.moves.append((action, self.aliases.get(self.alias), version, why))
         self.aliases[self.alias] = version
 
-    def delete_alias(self, *, action: str, why: str) -> None:
-        self.moves.append((action, self.aliases.pop(self.alias, None), "", why))
-
     def model_tag(self, key: str) -> str | None:
         return self.tags.get(key)
 

@@ -264,7 +264,8 @@ async def test_admin_api_starts_one_rollout_at_a_time_and_aborts_it() -> None:
         assert again.status_code == 409 and error(again)["code"] == "rollout_conflict"
         aborted = await client.post("/rollout/abort", {"why": "looks odd"}, headers=AUTH)
         assert aborted.status_code == 200 and aborted.json()["state"] == "aborted"
-        assert registry.aliases == {} and aborted.json()["decisions"][-1]["reason"] == "looks odd"
+        # the alias stays (removing one needs MANAGE on the model); the state says the rollout is over
+        assert aborted.json()["decisions"][-1]["reason"] == "looks odd"
         assert (await client.post("/rollout/abort", headers=AUTH)).status_code == 409
         assert (await client.get("/rollout")).json()["state"] in ("idle", "aborted")
 
@@ -305,8 +306,8 @@ def test_controller_advances_promotes_and_a_new_controller_resumes_at_the_same_s
     assert resumed is not None and resumed.step == 1
     done = again.tick(now=resumed.step_started_at + 61)
     assert done is not None and done.state == "promoted"
-    assert registry.holder == "2" and "challenger" not in registry.aliases
-    assert [m[0] for m in registry.moves] == ["rollout-start", "rollout-promote", "rollout-promote"]
+    assert registry.holder == "2"
+    assert [m[0] for m in registry.moves] == ["rollout-start", "rollout-promote"]
 
 
 def test_controller_aborts_at_once_on_a_failed_check_and_extends_a_quiet_step() -> None:
@@ -324,4 +325,4 @@ def test_controller_aborts_at_once_on_a_failed_check_and_extends_a_quiet_step() 
     }
     aborted = controller.tick(now=quiet.step_started_at + 1)  # mid-step: a failure does not wait
     assert aborted is not None and aborted.state == "aborted" and "PSI" in aborted.decisions[-1].reason
-    assert registry.holder == "1" and "challenger" not in registry.aliases
+    assert registry.holder == "1" and [m[0] for m in registry.moves] == ["rollout-start"]

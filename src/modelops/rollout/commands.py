@@ -114,12 +114,13 @@ def add_controller(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     p.add_argument("--prometheus-url", default=None, help="read the metrics from Prometheus instead")
     p.add_argument("--tick", default=None, help="how often to look, e.g. 5s [$MODELOPS_CONTROLLER_TICK_S]")
+    p.add_argument("--health-port", type=int, default=None, help="port of /healthz [8090; 0: off]")
     p.set_defaults(func=_cmd_controller)
 
 
 def _cmd_controller(args: argparse.Namespace) -> int:
     from modelops.registry import Registry
-    from modelops.rollout.controller import Controller
+    from modelops.rollout.controller import Controller, serve_health
     from modelops.rollout.manage import Rollouts
     from modelops.settings import ControllerSettings
 
@@ -130,6 +131,8 @@ def _cmd_controller(args: argparse.Namespace) -> int:
         overrides["controller_prometheus_url"] = args.prometheus_url
     if args.tick:
         overrides["controller_tick_s"] = duration_s(args.tick)
+    if args.health_port is not None:
+        overrides["controller_health_port"] = args.health_port
     settings = ControllerSettings(**overrides)
     registry = Registry(
         settings,
@@ -137,6 +140,13 @@ def _cmd_controller(args: argparse.Namespace) -> int:
         write_password=settings.registry_write_password,
     )
     controller = Controller.from_settings(settings, Rollouts(registry, settings.challenger_alias))
+    if settings.controller_health_port:
+        serve_health(
+            controller,
+            settings.controller_health_host,
+            settings.controller_health_port,
+            settings.controller_tick_s,
+        )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

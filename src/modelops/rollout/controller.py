@@ -140,6 +140,7 @@ class Controller:
         self.source = source
         self.limits = limits
         self.last_verdict: Verdict | None = None
+        self.last_tick_at = time.monotonic()
 
     @classmethod
     def from_settings(cls, settings: ControllerSettings, rollouts: Rollouts) -> Controller:
@@ -182,6 +183,7 @@ class Controller:
         """Tick until `stop` is set; errors are logged and the next tick tries again."""
         log.info("rollout controller started (every %.1f s)", tick_s)
         while not stop.is_set():
+            self.last_tick_at = time.monotonic()
             try:
                 self.tick()
             except RolloutConflict as exc:
@@ -191,3 +193,30 @@ class Controller:
             except Exception:
                 log.exception("rollout controller tick failed")
             stop.wait(tick_s)
+
+
+def serve_health(controller: Controller, host: str, port: int, tick_s: float) -> threading.Thread:
+    """/healthz answers 200 while the controller's loop turns (its last tick recent), 503 otherwise."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    limit_s = tick_s * 3 + 60  # a tick may wait on a slow registry call (30 s timeout)
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            alive = time.monotonic() - controller.last_tick_at < limit_s
+            ok = self.path == "/healthz" and alive
+            body = b'{"status": "alive"}' if ok else b'{"status": "stalled"}'
+            self.send_response(200 if ok else (404 if self.path != "/healthz" else 503))
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: not logged
+            return
+
+    server = ThreadingHTTPServer((host, port), Health)
+    thread = threading.Thread(target=server.serve_forever, name="controller-health", daemon=True)
+    thread.start()
+    log.info("controller health on http://%s:%d/healthz", host, port)
+    return thread

@@ -2,6 +2,11 @@
 
 The state is one registered-model tag (state.py) plus the challenger alias. Each write re-reads the state first and
 refuses when it changed underneath (another controller, an operator), so two writers cannot both decide a step.
+
+When a rollout ends the challenger alias stays on the version last rolled out: removing an alias needs MANAGE on
+the registered model, which would also let its holder delete the model, and the principal that drives rollouts
+(the operator, whose credential model servers hold) must not have that. Replicas route to the challenger only while
+the state says `running`, so the alias left behind is a label, not traffic.
 """
 
 from __future__ import annotations
@@ -39,16 +44,15 @@ class Rollouts:
             raise RolloutConflict("no rollout is running", field="rollout")
         return state
 
+    def _check(self, expect: RolloutState) -> None:
+        stored = self.current()
+        if stored is None or (stored.id, stored.step, stored.state) != (expect.id, expect.step, expect.state):
+            raise RolloutConflict("the rollout changed meanwhile (another controller or an operator)")
+
     def save(self, state: RolloutState, *, expect: RolloutState | None = None) -> RolloutState:
         """Write `state`; with `expect`, only if the stored state is still that one (same rollout and step)."""
         if expect is not None:
-            stored = self.current()
-            if stored is None or (stored.id, stored.step, stored.state) != (
-                expect.id,
-                expect.step,
-                expect.state,
-            ):
-                raise RolloutConflict("the rollout changed meanwhile (another controller or an operator)")
+            self._check(expect)
         self.champion.set_model_tag(ROLLOUT_TAG, state.render())
         last = state.decisions[-1] if state.decisions else None
         if last is not None:
@@ -84,21 +88,17 @@ class Rollouts:
         return self.save(state)
 
     def abort(self, reason: str, *, expect: RolloutState | None = None) -> RolloutState:
-        """Stop the running rollout: the challenger alias goes, the champion takes all traffic."""
+        """Stop the running rollout: the champion takes all traffic again."""
         state = expect or self.running()
         done = state.decided("abort", reason, state=ABORTED)
-        self.save(done, expect=state)
-        self.challenger.delete_alias(action="rollout-abort", why=f"rollout {state.id}: {reason}")
-        return done
+        return self.save(done, expect=state)
 
     def promote(self, reason: str, *, expect: RolloutState | None = None) -> RolloutState:
         """Make the challenger the champion (the old one goes into the rollback history) and end the rollout."""
         state = expect or self.running()
+        self._check(state)
         self.champion.move_alias(state.version, action="rollout-promote", why=f"rollout {state.id}: {reason}")
-        done = state.decided("promote", reason, state=PROMOTED)
-        self.save(done, expect=state)
-        self.challenger.delete_alias(action="rollout-promote", why=f"rollout {state.id}: promoted")
-        return done
+        return self.save(state.decided("promote", reason, state=PROMOTED))
 
     def advance(self, state: RolloutState, reason: str, now: float) -> RolloutState:
         """The step passed: on to the next one (the caller promotes after the last)."""

@@ -57,6 +57,7 @@ class ChallengerFollower:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._refused: str | None = None  # a version that failed to load: not retried every poll
+        self._percent_labels: tuple[str, str] | None = None
 
     def active(self) -> tuple[RolloutState, LoadedModel] | None:
         """The running rollout and its loaded challenger, or None (then the champion takes everything)."""
@@ -78,9 +79,13 @@ class ChallengerFollower:
             )
             self._drop()
         active = self.active()
-        metrics.ROLLOUT_PERCENT.clear()
-        if active is not None:
-            metrics.ROLLOUT_PERCENT.labels(active[1].version, active[0].mode).set(active[0].percent)
+        # series are zeroed, not removed: prometheus_client cannot remove them in multi-process mode
+        labels = (active[1].version, active[0].mode) if active is not None else None
+        if self._percent_labels is not None and self._percent_labels != labels:
+            metrics.ROLLOUT_PERCENT.labels(*self._percent_labels).set(0)
+        if active is not None and labels is not None:
+            metrics.ROLLOUT_PERCENT.labels(*labels).set(active[0].percent)
+        self._percent_labels = labels
 
     async def _load(self, version: str) -> None:
         info = await asyncio.to_thread(self.registry.get_version, version)
