@@ -14,6 +14,7 @@ from modelops import __version__
 from modelops.errors import EXIT_UNHEALTHY, InvalidInput, ModelOpsError, exit_code
 from modelops.local.stack import StackConfig
 from modelops.logs import configure_logging
+from modelops.ops.loadtest import add_loadtest
 from modelops.rollout.commands import add_controller, add_rollout
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
 from modelops.training.data import DEFAULT_MAX_BYTES
@@ -59,7 +60,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--test-size", type=float, default=TRAIN_DEFAULTS.test_size, help="held-out fraction")
     p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
     p.add_argument(
-        "--promote", default=TRAIN_DEFAULTS.promote, choices=PROMOTE_MODES, help="when to move the alias"
+        "--promote",
+        default=TRAIN_DEFAULTS.promote,
+        choices=PROMOTE_MODES,
+        help="when to move the alias (rollout: a winner becomes the challenger of a canary rollout instead)",
+    )
+    p.add_argument(
+        "--trigger",
+        default=None,
+        help="what started this training, tagged modelops.trigger on the run and the version (e.g. drift)",
     )
     p.add_argument("--metric", default=TRAIN_DEFAULTS.metric, help="metric compared under --promote auto")
     p.add_argument("--alias", default=defaults.model_alias, help="alias to move")
@@ -134,6 +143,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         thresholds=args.threshold,
         require_approval=args.require_approval,
         image=settings.image,
+        trigger=args.trigger,
+        challenger_alias=settings.challenger_alias,
+        rollout_steps=settings.rollout_steps,
+        rollout_interval_s=settings.rollout_interval_s,
     )
     outcome = run_training(options)
     if args.output == "json":
@@ -148,6 +161,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"run {outcome.run_id}: registered {outcome.model_name} v{outcome.version}, {verdict} ({outcome.reason})"
     )
     print(f"alias {outcome.alias!r} -> v{outcome.champion_version}")
+    if outcome.rollout:
+        print(f"rollout {outcome.rollout}: v{outcome.version} is the challenger (`modelops rollout status`)")
+    elif outcome.rollout_reason:
+        print(f"no rollout: {outcome.rollout_reason}")
     print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(outcome.metrics.items())))
     total = sum(outcome.timings_s.values())
     print(
@@ -189,6 +206,12 @@ def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--mlflow-port", type=int, default=STACK_DEFAULTS.mlflow_port)
     p.add_argument("--server-port", type=int, default=STACK_DEFAULTS.server_port)
     p.add_argument(
+        "--controller-port",
+        type=int,
+        default=STACK_DEFAULTS.controller_port,
+        help="rollout controller's /healthz",
+    )
+    p.add_argument(
         "--backend-store-uri", default=None, help="e.g. postgresql://user:pw@host/db [SQLite in home]"
     )
     p.add_argument(
@@ -217,6 +240,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         home=_home(args),
         mlflow_port=args.mlflow_port,
         server_port=args.server_port,
+        controller_port=args.controller_port,
         backend_store_uri=args.backend_store_uri,
         artifacts_destination=args.artifacts_destination,
         startup_timeout_s=settings.startup_timeout_s,
@@ -527,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_governance,
         add_rollout,
         add_controller,
+        add_loadtest,
     ]
     for add in registrars:
         add(sub)

@@ -92,6 +92,13 @@ class TrainerSettings(RegistrySettings):
     image: str | None = Field(
         default=None, description="Container image the trainer runs in (for model cards)."
     )
+    challenger_alias: str = Field(
+        default="challenger", description="Alias `--promote rollout` points at a winning candidate."
+    )
+    rollout_steps: str = Field(
+        default="5,25,50,100", description="Traffic percentages of the rollout `--promote rollout` starts."
+    )
+    rollout_interval_s: float = Field(default=60.0, gt=0, description="Length of each step of that rollout.")
 
 
 class RolloutSettings(RegistrySettings):
@@ -176,6 +183,16 @@ class ControllerSettings(RolloutSettings):
     )
     retrain_home: Path | None = Field(
         default=None, description="The local platform's home, for the trainer's credentials and key (local)."
+    )
+    kubernetes_service_host: str = Field(
+        default="kubernetes.default.svc",
+        validation_alias=AliasChoices("KUBERNETES_SERVICE_HOST", "kubernetes_service_host"),
+        description="The Kubernetes API's address (env KUBERNETES_SERVICE_HOST, set by the kubelet).",
+    )
+    kubernetes_service_port: int = Field(
+        default=443,
+        validation_alias=AliasChoices("KUBERNETES_SERVICE_PORT", "kubernetes_service_port"),
+        description="The Kubernetes API's port (env KUBERNETES_SERVICE_PORT, set by the kubelet).",
     )
     controller_health_host: str = Field(
         default="127.0.0.1",

@@ -28,8 +28,19 @@ def up_args(home: Path, mlflow_port: int, server_port: int, *extra: str) -> list
         str(mlflow_port),
         "--server-port",
         str(server_port),
+        "--controller-port",
+        str(free_port()),
         *extra,
     ]
+
+
+def trainer_env(home: Path) -> dict[str, str]:
+    """The local platform's trainer login and signing key (what `modelops train --home` would find by itself)."""
+    return {
+        "MLFLOW_TRACKING_USERNAME": "trainer",
+        "MLFLOW_TRACKING_PASSWORD": (home / "credentials" / "trainer").read_text().strip(),
+        "MODELOPS_SIGNING_KEY_PATH": str(home / "keys" / "signing-key.pem"),
+    }
 
 
 def curl_body(stdout: str) -> dict:
@@ -126,6 +137,37 @@ def test_up_status_predict_down_up_keeps_the_champion(
         assert [(m["action"], m["who"], m["from"], m["to"]) for m in json.loads(history.stdout)] == [
             ("promotion", "trainer", None, "1")
         ]
+
+        # a progressive rollout under `up`: the local controller decides the steps from the server's metrics
+        trained = modelops(
+            "train", "--home", str(home), "--tracking-uri", mlflow_url, "--promote", "never", "--seed", "7",
+            "--output", "json", env=trainer_env(home), timeout_s=240,
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+        started = modelops(
+            "rollout", "start", "--home", str(home), "--version", "2", "--steps", "50,100", "--interval", "3s"
+        )
+        assert started.returncode == 0, started.stderr
+        # steady traffic from `modelops loadtest` meanwhile: not one failed request allowed (exit code 3 if any)
+        load = subprocess.Popen(
+            [str(VENV_BIN / "modelops"), "loadtest", "--home", str(home), "--stages", "4:25s",
+             "--max-error-rate", "0", "--output", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, err = load.communicate(timeout=120)
+        assert load.returncode == 0, out + err
+        summary = json.loads(out)
+        assert summary["overall"]["error_rate"] == 0 and set(summary["overall"]["versions"]) == {"1", "2"}
+        rollout = modelops("rollout", "status", "--home", str(home), "--output", "json")
+        final = json.loads(rollout.stdout)
+        assert final["state"] == "promoted", (final, (home / "logs" / "controller.log").read_text()[-3000:])
+        verdicts = [d["verdict"] for d in final["decisions"]]
+        assert verdicts[0] == "start" and verdicts[-1] == "promote" and "pass" in verdicts, verdicts
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{server_port}/model").json()["version"] == "2",
+            30,
+            "v2 served",
+        )
     finally:
         down = modelops("down", "--home", str(home))
     assert down.returncode == 0, down.stderr
@@ -138,11 +180,12 @@ def test_up_status_predict_down_up_keeps_the_champion(
         assert {p.read_text().strip() for p in (home / "credentials").iterdir()} == set(passwords)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "first training" not in again.stdout  # the registry survived: no new training
-        assert httpx.get(f"http://127.0.0.1:{server_port}/readyz").json()["model_version"] == "1"
+        # the champion the rollout promoted, v2, serves again
+        assert httpx.get(f"http://127.0.0.1:{server_port}/readyz").json()["model_version"] == "2"
         versions = MlflowClient(f"http://127.0.0.1:{mlflow_port}").search_model_versions(
             "name='ModelOpsStudioModel'"
         )
-        assert len(versions) == 1
+        assert len(versions) == 2
     finally:
         modelops("down", "--home", str(home))
 

@@ -1,7 +1,8 @@
 """`modelops up | down | status`: the whole platform as local processes under $MODELOPS_HOME.
 
     MLflow tracking server  (SQLite + local artifacts by default, artifacts proxied)
-    model server            (follows the `champion` alias)
+    model server            (follows the `champion` alias; routes a share to the `challenger` during a rollout)
+    rollout controller      (decides rollout steps from the server's metrics; starts a retraining on drift)
 A first training runs when the registry has no champion, so `up` always ends with a model serving.
 """
 
@@ -49,6 +50,7 @@ class StackConfig:
     home: Path
     mlflow_port: int = 5000
     server_port: int = 8000
+    controller_port: int = 8090
     backend_store_uri: str | None = None
     artifacts_destination: str | None = None
     model_name: str = DEFAULT_MODEL_NAME
@@ -64,6 +66,10 @@ class StackConfig:
     @property
     def server_url(self) -> str:
         return f"http://{HOST}:{self.server_port}"
+
+    @property
+    def controller_url(self) -> str:
+        return f"http://{HOST}:{self.controller_port}"
 
 
 @dataclass
@@ -162,7 +168,7 @@ def _create_registered_model(config: StackConfig, admin_password: str) -> None:
             raise
 
 
-def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> tuple[Child, Child]:
+def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> tuple[Child, Child, Child]:
     home = config.home.resolve()
     logs = home / "logs"
     backend = config.backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
@@ -232,7 +238,27 @@ def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> t
         server_env,
         logs / "model-server.log",
     )
-    return mlflow, server
+    controller_env = {
+        **base_env,
+        "MLFLOW_TRACKING_URI": config.mlflow_url,
+        "MODELOPS_MODEL_NAME": config.model_name,
+        "MODELOPS_MODEL_ALIAS": config.alias,
+        "MLFLOW_TRACKING_USERNAME": MODEL_SERVER,
+        "MLFLOW_TRACKING_PASSWORD": credentials[MODEL_SERVER],
+        # moves the aliases when a rollout step decides, as the operator
+        "MODELOPS_REGISTRY_WRITE_USERNAME": OPERATOR,
+        "MODELOPS_REGISTRY_WRITE_PASSWORD": credentials[OPERATOR],
+        "MODELOPS_CONTROLLER_TARGETS": config.server_url,
+        "MODELOPS_CONTROLLER_HEALTH_HOST": HOST,
+        "MODELOPS_CONTROLLER_HEALTH_PORT": str(config.controller_port),
+        # a drift-triggered retraining runs `modelops train` with the trainer's credentials and key from here
+        "MODELOPS_RETRAIN_LAUNCHER": "local",
+        "MODELOPS_RETRAIN_HOME": str(home),
+    }
+    controller = Child(
+        "controller", _python_cmd("modelops", "controller"), controller_env, logs / "controller.log"
+    )
+    return mlflow, server, controller
 
 
 def _wait_healthy(child: Child, url: str, timeout_s: float) -> None:
@@ -364,13 +390,18 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
         # complete the stack where it runs, whatever ports the flags say
         config.mlflow_port = _port(existing.urls.get("mlflow", ""), config.mlflow_port)
         config.server_port = _port(existing.urls.get("model-server", ""), config.server_port)
-    ports = {"--mlflow-port": config.mlflow_port, "--server-port": config.server_port}
+        config.controller_port = _port(existing.urls.get("controller", ""), config.controller_port)
+    ports = {
+        "--mlflow-port": config.mlflow_port,
+        "--server-port": config.server_port,
+        "--controller-port": config.controller_port,
+    }
     require_free_ports(HOST, {flag: port for flag, port in ports.items() if _PORT_OWNER[flag] not in running})
     private_dir(home)
     token = admin_token(home)
     credentials = _secure_registry(config)
-    mlflow, server = _children(config, token, credentials)
-    children = [mlflow, server]
+    mlflow, server, controller = _children(config, token, credentials)
+    children = [mlflow, server, controller]
     for child in children:
         if child.name in running:
             child.adopt(running[child.name])
@@ -389,13 +420,20 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
         model = httpx.get(f"{config.server_url}/model", timeout=5).json()
         version, example = model.get("version", version), model.get("input_example")
         progress.step("model-server", "ready")
+        _start_unless_running(controller, running, progress, started)
+        _wait_healthy(controller, f"{config.controller_url}/healthz", config.startup_timeout_s)
+        progress.step("controller", "healthy")
     except BaseException:
         for child in reversed(started):  # only what this call started: a running component keeps running
             child.stop()
         raise
     state = StackState(
         pids={c.name: c.pid for c in children},
-        urls={"mlflow": config.mlflow_url, "model-server": config.server_url},
+        urls={
+            "mlflow": config.mlflow_url,
+            "model-server": config.server_url,
+            "controller": config.controller_url,
+        },
         mode="detached" if detach else "foreground",
         model_name=config.model_name,
         supervisor_pid=None if detach else os.getpid(),
@@ -409,7 +447,7 @@ def up(config: StackConfig, detach: bool, out: TextIO = sys.stdout) -> int:
     return Supervisor(children, home, state, out).run()
 
 
-_PORT_OWNER = {"--mlflow-port": "mlflow", "--server-port": "model-server"}
+_PORT_OWNER = {"--mlflow-port": "mlflow", "--server-port": "model-server", "--controller-port": "controller"}
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 600.0
 RESTART_DELAY_MAX_S = 30.0
@@ -501,7 +539,7 @@ def status(home: Path) -> dict[str, Any]:
         return {"running": False, "home": str(home.resolve()), "components": {}, "model_version": None}
     components: dict[str, Any] = {}
     version = None
-    checks = {"mlflow": "/health", "model-server": "/readyz"}
+    checks = {"mlflow": "/health", "model-server": "/readyz", "controller": "/healthz"}
     for name, pgid in state.pids.items():
         url = state.urls.get(name, "")
         info: dict[str, Any] = {

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from modelops.errors import ModelOpsError, RolloutConflict
+from modelops.errors import ConfigError, ModelOpsError, RolloutConflict
+from modelops.monitoring.retrain import DriftWatch, scrape_texts
 from modelops.rollout.analysis import (
     LATENCY,
     REQUESTS,
@@ -135,22 +136,50 @@ class Controller:
     at the end of the step, on to the next (or promote after the last) when it passed, or run it again when it
     saw too little traffic."""
 
-    def __init__(self, rollouts: Rollouts, source: MetricsSource, limits: Thresholds) -> None:
+    def __init__(
+        self,
+        rollouts: Rollouts,
+        source: MetricsSource,
+        limits: Thresholds,
+        watch: DriftWatch | None = None,
+        replicas: ReplicaScraper | None = None,
+    ) -> None:
         self.rollouts = rollouts
         self.source = source
         self.limits = limits
+        # drift-triggered retraining: its own scrape of the replicas (also without a rollout, and in Prometheus mode)
+        self.watch = watch
+        self.replicas = replicas
         self.last_verdict: Verdict | None = None
         self.last_tick_at = time.monotonic()
 
     @classmethod
     def from_settings(cls, settings: ControllerSettings, rollouts: Rollouts) -> Controller:
-        source: MetricsSource
-        if settings.controller_prometheus_url:
-            source = PrometheusSource(settings.controller_prometheus_url)
-        else:
-            targets = [t.strip() for t in settings.controller_targets.split(",") if t.strip()]
-            source = ReplicaScraper(targets, settings.controller_targets_dns)
-        return cls(rollouts, source, Thresholds.from_settings(settings))
+        targets = [t.strip() for t in settings.controller_targets.split(",") if t.strip()]
+        replicas = ReplicaScraper(targets, settings.controller_targets_dns)
+        source: MetricsSource = (
+            PrometheusSource(settings.controller_prometheus_url)
+            if settings.controller_prometheus_url
+            else replicas
+        )
+        watch = None
+        if settings.retrain_on_drift:
+            try:
+                watch = DriftWatch.from_settings(settings, rollouts.champion)
+            except ConfigError as exc:  # e.g. the local launcher without the stack's home
+                log.warning("drift-triggered retraining is off: %s", exc.message)
+        # the drift watch gets its own scraper: the rollout's keeps a per-step baseline
+        scraper = ReplicaScraper(targets, settings.controller_targets_dns)
+        return cls(rollouts, source, Thresholds.from_settings(settings), watch=watch, replicas=scraper)
+
+    def watch_drift(self, now: float) -> None:
+        """One drift check when due (it never raises: rollouts go on whatever happens here)."""
+        if self.watch is None or self.replicas is None or not self.watch.due(now):
+            return
+        try:
+            self.watch.tick(now, scrape_texts(self.replicas.replicas()))
+        except Exception:
+            log.exception("drift watch failed")
 
     def tick(self, now: float | None = None) -> RolloutState | None:
         """One look at the rollout; returns the state after any decision (None without a running rollout)."""
@@ -192,6 +221,7 @@ class Controller:
                 log.warning("rollout controller: %s", exc.message)
             except Exception:
                 log.exception("rollout controller tick failed")
+            self.watch_drift(time.time())
             stop.wait(tick_s)
 
 

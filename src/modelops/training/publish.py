@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import time
 import warnings
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops import __version__
-from modelops.errors import ConfigError, InvalidInput, RegistryUnavailable
+from modelops.errors import ConfigError, InvalidInput, RegistryUnavailable, RolloutConflict
 from modelops.registry import MODEL_ARTIFACT_PATH, Registry, classify
 from modelops.training.card import CARD_JSON, CARD_MD, build_card, render_markdown
 from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, is_prediction_log, load_dataset
@@ -25,6 +26,9 @@ from modelops.training.train import (
 )
 
 log = logging.getLogger(__name__)
+
+TRIGGER_TAG = "modelops.trigger"
+_TRIGGER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 # Models are saved with skops (no arbitrary pickle code on load). Types skops does not trust by default
 # but our own algorithms need; we trust them because the trainer built the model itself.
@@ -61,6 +65,10 @@ class TrainOptions:
     thresholds: list[str] = field(default_factory=list)
     require_approval: bool = False
     image: str | None = None
+    trigger: str | None = None
+    challenger_alias: str = "challenger"
+    rollout_steps: str = "5,25,50,100"
+    rollout_interval_s: float = 60.0
 
 
 @dataclass
@@ -78,6 +86,9 @@ class TrainOutcome:
     timings_s: dict[str, float]
     awaiting_approval: bool = False
     evaluation: dict[str, Any] | None = None
+    rollout: str | None = None  # id of the canary rollout started with this version as the challenger
+    rollout_reason: str | None = None  # under --promote rollout: why none started (None when one did)
+    trigger: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +102,9 @@ class TrainOutcome:
             "champion_version": self.champion_version,
             "awaiting_approval": self.awaiting_approval,
             "evaluation": self.evaluation,
+            "rollout": self.rollout,
+            "rollout_reason": self.rollout_reason,
+            "trigger": self.trigger,
             "timings_s": self.timings_s,
         }
 
@@ -202,6 +216,8 @@ def _log_run(
     commit = options.git_commit or _git_commit()
     if commit:
         tags["modelops.git_commit"] = commit
+    if options.trigger:
+        tags[TRIGGER_TAG] = options.trigger
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
         with warnings.catch_warnings():
@@ -276,6 +292,12 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         )
     if options.promote not in PROMOTE_MODES:
         raise InvalidInput(f"--promote must be one of {', '.join(PROMOTE_MODES)}", field="promote")
+    if options.trigger is not None and not _TRIGGER_NAME.match(options.trigger):
+        raise InvalidInput(
+            f"--trigger {options.trigger!r}: lower-case letters, digits, '.', '_', '-' (up to 63)",
+            field="trigger",
+        )
+    steps = _rollout_steps(options)
     params = parse_params(options.params)
     dataset = load_dataset(
         options.data,
@@ -320,14 +342,26 @@ def run_training(options: TrainOptions) -> TrainOutcome:
     comparison.thresholds = {str(t): t.passes(comparison.candidate[t.metric]) for t in thresholds}
     if champion is not None:
         comparison.champion_version = champion.version
-        if options.promote == "auto":
+        if options.promote in ("auto", "rollout"):
             _score_champion(registry, champion, options, comparison, eval_x, eval_y, result.positive_class)
-    promoted, reason = decide(options.promote, options.metric, options.min_delta, comparison, thresholds)
+    # rollout decides like auto; only what a winner gets differs (below)
+    mode = "auto" if options.promote == "rollout" else options.promote
+    promoted, reason = decide(mode, options.metric, options.min_delta, comparison, thresholds)
     awaiting = promoted and options.require_approval
     lap("evaluate_champion")
     run_id, version = _log_run(result, dataset, options, registry, comparison)
+    if options.trigger:
+        registry.set_version_tags(version, {TRIGGER_TAG: options.trigger})
     lap("log_register")
 
+    rollout_id: str | None = None
+    rollout_reason: str | None = None
+    if options.promote == "rollout" and champion is not None and not awaiting:
+        if promoted:
+            promoted = False  # never straight to champion: the rollout's analysis decides
+            rollout_id, rollout_reason, reason = _start_rollout(registry, options, steps, version, reason)
+        else:
+            rollout_reason = f"not better than the champion: {reason}"
     if awaiting:
         registry.set_version_tags(
             version, {"modelops.awaiting_approval": "true", "modelops.approval_reason": reason}
@@ -353,7 +387,42 @@ def run_training(options: TrainOptions) -> TrainOutcome:
         timings_s=timings,
         awaiting_approval=awaiting,
         evaluation=comparison.to_dict(),
+        rollout=rollout_id,
+        rollout_reason=rollout_reason,
+        trigger=options.trigger,
     )
+
+
+def _rollout_steps(options: TrainOptions) -> tuple[int, ...]:
+    """The rollout's steps, checked before anything is logged (a bad setting must not cost a training)."""
+    from modelops.rollout.state import parse_steps
+
+    if options.promote != "rollout":
+        return ()
+    if options.challenger_alias == options.alias:
+        raise ConfigError("the challenger alias must differ from --alias", field="challenger_alias")
+    if not 1 <= options.rollout_interval_s <= 86_400:
+        raise ConfigError("rollout_interval_s must be between 1 s and 1 day", field="rollout_interval_s")
+    return parse_steps(options.rollout_steps)
+
+
+def _start_rollout(
+    registry: Registry, options: TrainOptions, steps: tuple[int, ...], version: str, reason: str
+) -> tuple[str | None, str | None, str]:
+    """Start a canary rollout of `version` (the trainer holds EDIT on the model: enough for the challenger alias
+    and the state tag). Returns (rollout id, why none started, the version's promotion reason). A rollout already
+    running is not an error: the version stays registered for a later rollout."""
+    from modelops.rollout.manage import Rollouts
+
+    try:
+        state = Rollouts(registry, options.challenger_alias).start(
+            version, "canary", steps, options.rollout_interval_s
+        )
+    except RolloutConflict as exc:
+        why = f"no rollout started: {exc.message}"
+        log.warning("v%s beats the champion but %s", version, why)
+        return None, why, f"{why}; {reason}"
+    return state.id, None, f"challenger of canary rollout {state.id} (steps {list(steps)}): {reason}"
 
 
 def _evaluation_rows(options: TrainOptions, dataset: Dataset, result: TrainResult) -> tuple[str, Any, Any]:
