@@ -7,7 +7,7 @@ import pytest
 
 from modelops.settings import TrainerSettings
 from modelops.training.publish import TrainOptions, TrainOutcome, run_training
-from tests.support import TEST_PASSWORDS, Service, free_port, principal_env, serve_argv
+from tests.support import TEST_PASSWORDS, VENV_BIN, Service, free_port, principal_env, serve_argv
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 AUTH_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -84,3 +84,26 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     yield start
     for service in started:
         service.stop()
+
+
+def controller(
+    log_dir: Path, tracking_uri: str, model_name: str, targets: list[str], **settings: str
+) -> Service:
+    """A real `modelops controller` (not started): reads as model-server, moves aliases as the operator, scrapes
+    `targets`; `settings` are MODELOPS_* variables without the prefix (e.g. RETRAIN_CHECK_S="1")."""
+    health = free_port()
+    return Service(
+        "controller",
+        [str(VENV_BIN / "modelops"), "controller", "--health-port", str(health)],
+        f"http://127.0.0.1:{health}/healthz",
+        log_dir,
+        env={
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MODELOPS_MODEL_NAME": model_name,
+            **principal_env("model-server"),
+            "MODELOPS_REGISTRY_WRITE_USERNAME": "operator",
+            "MODELOPS_REGISTRY_WRITE_PASSWORD": TEST_PASSWORDS["operator"],
+            "MODELOPS_CONTROLLER_TARGETS": ",".join(targets),
+            **{f"MODELOPS_{key}": value for key, value in settings.items()},
+        },
+    )

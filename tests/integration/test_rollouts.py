@@ -22,8 +22,8 @@ import pytest
 
 from modelops.rollout.state import RolloutState
 from modelops.serving.routing import selected
-from tests.integration.conftest import ADMIN_TOKEN, model_server, train_version
-from tests.support import TEST_PASSWORDS, VENV_BIN, MlflowService, Service, free_port, modelops, wait_for
+from tests.integration.conftest import ADMIN_TOKEN, controller, model_server, train_version
+from tests.support import MlflowService, Service, modelops, wait_for
 
 pytestmark = pytest.mark.slow
 INTERVAL_S = 6.0
@@ -87,39 +87,28 @@ def stack(tracking_server: MlflowService, model_name: str, tmp_path: Path) -> It
     replicas = [
         model_server(tmp_path / f"r{i}", tracking_server.uri, model_name, workers=2).start() for i in range(2)
     ]
-    controller_env = {
-        "MLFLOW_TRACKING_URI": tracking_server.uri,
-        "MODELOPS_MODEL_NAME": model_name,
-        "MLFLOW_TRACKING_USERNAME": "model-server",
-        "MLFLOW_TRACKING_PASSWORD": TEST_PASSWORDS["model-server"],
-        "MODELOPS_REGISTRY_WRITE_USERNAME": "operator",
-        "MODELOPS_REGISTRY_WRITE_PASSWORD": TEST_PASSWORDS["operator"],
-        "MODELOPS_CONTROLLER_TARGETS": ",".join(r.uri for r in replicas),
-        "MODELOPS_CONTROLLER_TICK_S": "1",
-        "MODELOPS_ROLLOUT_MIN_REQUESTS": "30",
-        # a busy 2-core machine: scheduling jitter alone can add tens of ms to a p99; latency is not under test
-        "MODELOPS_ROLLOUT_P99_SLACK_MS": "250",
-    }
-    health = free_port()
-    controller = Service(
-        "controller",
-        [str(VENV_BIN / "modelops"), "controller", "--health-port", str(health)],
-        f"http://127.0.0.1:{health}/healthz",
+    # a busy 2-core machine: scheduling jitter alone can add tens of ms to a p99; latency is not under test here
+    service = controller(
         tmp_path,
-        env=controller_env,
-    )
-    controller.start()
+        tracking_server.uri,
+        model_name,
+        [r.uri for r in replicas],
+        CONTROLLER_TICK_S="1",
+        ROLLOUT_MIN_REQUESTS="30",
+        ROLLOUT_P99_SLACK_MS="250",
+        RETRAIN_ON_DRIFT="false",
+    ).start()
     for replica in replicas:
         wait_for(lambda r=replica: all_workers_loaded(r), 120, f"{replica.name} ready")
     try:
         yield {
             "replicas": replicas,
-            "controller": controller,
+            "controller": service,
             "healthy": healthy.version,
             "nonsense": nonsense.version,
         }
     finally:
-        controller.stop()
+        service.stop()
         for replica in replicas:
             replica.stop()
 
@@ -187,7 +176,7 @@ def test_a_healthy_challenger_is_promoted_with_no_failed_request_and_resumes_aft
     stack: dict[str, object],
 ) -> None:
     replicas: list[Service] = stack["replicas"]  # type: ignore[assignment]
-    controller: Service = stack["controller"]  # type: ignore[assignment]
+    driver: Service = stack["controller"]  # type: ignore[assignment]
     challenger = str(stack["healthy"])
     with Load([r.uri for r in replicas]) as load:
         time.sleep(2)
@@ -210,7 +199,7 @@ def test_a_healthy_challenger_is_promoted_with_no_failed_request_and_resumes_aft
         assert after["id"] == before["id"] and after["state"] == "running"
         assert after["step"] >= before["step"]  # the same step (or the next one, if it passed meanwhile)
         load.paused.clear()
-        promoted = wait_state(replicas[0], "promoted", INTERVAL_S * 3 * 4 + 60, [controller, *replicas])
+        promoted = wait_state(replicas[0], "promoted", INTERVAL_S * 3 * 4 + 60, [driver, *replicas])
     assert load.errors() == [] and load.failures == [], (load.errors()[:5], load.failures[:5])
     verdicts = [d["verdict"] for d in promoted["decisions"]]  # type: ignore[union-attr]
     assert verdicts[0] == "start" and verdicts[-1] == "promote" and "fail" not in verdicts
@@ -226,7 +215,7 @@ def test_a_challenger_answering_nonsense_is_aborted_within_two_intervals_with_no
     stack: dict[str, object],
 ) -> None:
     replicas: list[Service] = stack["replicas"]  # type: ignore[assignment]
-    controller: Service = stack["controller"]  # type: ignore[assignment]
+    driver: Service = stack["controller"]  # type: ignore[assignment]
     challenger = str(stack["nonsense"])
     with Load([r.uri for r in replicas]) as load:
         time.sleep(2)
@@ -236,7 +225,7 @@ def test_a_challenger_answering_nonsense_is_aborted_within_two_intervals_with_no
                 lambda r=replica: status(r).get("challenger_loaded") == challenger, 60, "challenger loaded"
             )
         loaded_at = time.time()
-        aborted = wait_state(replicas[0], "aborted", INTERVAL_S * 2 + 30, [controller, *replicas])
+        aborted = wait_state(replicas[0], "aborted", INTERVAL_S * 2 + 30, [driver, *replicas])
         took = time.time() - loaded_at
     assert load.errors() == [] and load.failures == [], (load.errors()[:5], load.failures[:5])
     reason = aborted["decisions"][-1]["reason"]  # type: ignore[index]
