@@ -6,7 +6,7 @@ with auth, two signed versions, a real `modelops serve` with an admin token and 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ POLL_INTERVAL_S = 0.5
 ACTION_TIMEOUT_S = 90.0
 # The console samples the server's metrics every 5 s; the Live numbers appear after two samples.
 LIVE_TIMEOUT_S = 30.0
+# A rollout started or aborted here shows once the server's follower has polled the registry (woken at once by
+# the action; a few polls of slack); loading the challenger after that poll takes as long as any load.
+ROLLOUT_TIMEOUT_S = 20 * POLL_INTERVAL_S
 NAVIGATION_TIMEOUT_S = 30.0
 
 
@@ -98,7 +101,9 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.when == "call":
         item.stash[FAILED] = report.failed

@@ -4,15 +4,22 @@ change, sign out; a wrong token and a POST without the CSRF token are refused; e
 
 from __future__ import annotations
 
+import itertools
 import re
+import threading
+from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
+from modelops.console.live import SAMPLE_INTERVAL_S
 from tests.browser.conftest import (
     ACTION_TIMEOUT_S,
     LIVE_TIMEOUT_S,
+    ROLLOUT_TIMEOUT_S,
+    SCREENSHOTS,
     Pages,
     Stack,
     axe_violations,
@@ -20,7 +27,7 @@ from tests.browser.conftest import (
     sign_in,
 )
 from tests.integration.conftest import ADMIN_TOKEN
-from tests.support import TEST_PASSWORDS
+from tests.support import TEST_PASSWORDS, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -132,7 +139,6 @@ def test_predict_deploy_roll_back_and_sign_out(pages: Pages, stack: Stack) -> No
     # htmx polls the panel: the per-version rows appear once two samples are in, without a reload
     expect(page.locator("#summary tbody th").first).to_be_visible(timeout=LIVE_TIMEOUT_S * 1000)
     expect(page.locator("svg.chart-svg")).to_have_count(4)
-    screenshot(page, "live")
 
     # sign out: the pages are closed again
     page.get_by_role("button", name="Sign out").click()
@@ -140,6 +146,144 @@ def test_predict_deploy_roll_back_and_sign_out(pages: Pages, stack: Stack) -> No
     page.goto("/ui/versions")
     expect(page).to_have_url(re.compile(r"/ui/signin"))
     assert csp_errors == []
+
+
+class Traffic:
+    """Predictions sent in the background through plain httpx, each with its own X-Request-Id (the routing
+    key), counting which version answered (X-Model-Version)."""
+
+    def __init__(self, url: str, features: list[float]) -> None:
+        self.url = url
+        self.features = features
+        self.answered: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="console-traffic", daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            for i in itertools.count():
+                if self._stop.is_set():
+                    return
+                answer = client.post(
+                    "/predict", json={"features": self.features}, headers={"X-Request-Id": f"console-{i}"}
+                )
+                if answer.status_code != 200:
+                    self.failures.append(f"{answer.status_code}: {answer.text[:200]}")
+                else:
+                    self.answered[answer.headers["x-model-version"]] += 1
+                self._stop.wait(0.05)  # about 15 requests/s: charts worth looking at, little CPU
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def rollout_status(stack: Stack) -> dict[str, Any]:
+    status: dict[str, Any] = httpx.get(f"{stack.url}/rollout", timeout=5).json()
+    return status
+
+
+def test_a_rollout_from_the_live_page_then_abort(pages: Pages, stack: Stack) -> None:
+    """Start a canary rollout of v2 from the Live page (a start of the champion's own version is refused
+    inline first), watch both versions answer and the panel show the share, then abort it from the console.
+    No controller runs: start and abort are the admin API's; nothing advances the steps."""
+    page = pages.new(bypass_csp=True)
+    sign_in(page)
+    checked: dict[str, list[dict[str, Any]]] = {}
+    page.goto("/ui/predict")
+    example = page.get_by_label(re.compile("^Values for v1")).input_value()
+    features = [float(v) for v in re.split(r"[,\s]+", example.strip())]
+
+    page.goto("/ui/live")
+    expect(page.locator("#rollout-start")).to_be_visible()
+    checked["idle"] = axe_violations(page)
+    start = page.locator("#rollout-start")
+
+    def start_rollout(version: str) -> None:
+        start.get_by_label(re.compile("^Version")).fill(version)
+        start.get_by_label(re.compile("^Steps")).fill("50, 100")
+        start.get_by_label("Seconds per step").fill("60")
+        start.get_by_label("Mode").select_option("canary")
+        start.get_by_role("button", name="Start rollout").click()
+
+    # the champion's own version: an inline error naming the field, the form as it was, no 500
+    start_rollout("1")
+    expect(page.locator("#rollout-error")).to_have_text(
+        "Version: v1 is already the champion", timeout=ACTION_TIMEOUT_S * 1000
+    )
+    expect(start.get_by_label(re.compile("^Version"))).to_have_attribute("aria-invalid", "true")
+    expect(start.get_by_label(re.compile("^Steps"))).to_have_value("50, 100")
+    checked["refused"] = axe_violations(page)
+    assert rollout_status(stack)["state"] in ("idle", "aborted", "promoted")
+
+    # v2 as the challenger at 50 %
+    start_rollout("2")
+    page.wait_for_url(re.compile(r"/ui/live#rollout$"), timeout=ACTION_TIMEOUT_S * 1000)
+    status = page.locator("#rollout-status")
+    expect(status.locator(".state-running")).to_have_text("running", timeout=ROLLOUT_TIMEOUT_S * 1000)
+    expect(status).to_contain_text("v2")
+    expect(page.get_by_text("Traffic to v2: 50%")).to_be_visible()
+    expect(page.locator("#rollout-abort")).to_be_visible()
+    # the server routes to v2 once its follower has loaded it
+    wait_for(lambda: rollout_status(stack).get("challenger_loaded") == "2", ACTION_TIMEOUT_S, "v2 loaded")
+
+    with Traffic(stack.url, features) as traffic:
+        # several samples of both versions (the sampler takes one every SAMPLE_INTERVAL_S; htmx redraws)
+        page.wait_for_function(
+            """() => {
+                const lines = document.querySelectorAll('#live-panel figure:first-child polyline.series');
+                return lines.length >= 2 && [...lines].every(
+                    l => l.getAttribute('points').trim().split(/\\s+/).length >= 4);
+            }""",
+            timeout=(6 + 4) * SAMPLE_INTERVAL_S * 1000,
+        )
+        expect(page.locator("#summary tbody th", has_text="v2")).to_be_visible()
+        checked["running"] = axe_violations(page)
+        page.reload()
+        screenshot(page, "live")
+        page.locator("#rollout").scroll_into_view_if_needed()
+        page.locator("#rollout").screenshot(
+            path=str(SCREENSHOTS / "console-rollout.png"), style="#rollout { padding: 4px 16px 16px; }"
+        )
+        # while it runs, v2 is the challenger on the versions page (another tab: the Live page keeps polling)
+        versions = page.context.new_page()
+        versions.goto("/ui/versions")
+        expect(version_row(versions, "2").locator(".badge.challenger")).to_be_visible()
+        versions.close()
+    assert traffic.failures == []
+    both = traffic.answered
+    assert set(both) == {"1", "2"}, both
+    share = both["2"] / sum(both.values()) * 100
+    assert 25 <= share <= 75, both  # 50 % by the sticky hash, over a few hundred keys
+
+    # abort from the console: the reason shows, the start form is back, the champion takes all traffic
+    abort = page.locator("#rollout-abort")
+    abort.get_by_label("Why abort").fill("checking the console")
+    abort.get_by_role("button", name="Abort rollout").click()
+    page.wait_for_url(re.compile(r"/ui/live#rollout$"), timeout=ACTION_TIMEOUT_S * 1000)
+    expect(status.locator(".state-aborted")).to_have_text("aborted", timeout=ROLLOUT_TIMEOUT_S * 1000)
+    expect(page.locator("#rollout-reason")).to_have_text("console (admin): checking the console")
+    expect(page.locator("#rollout-start")).to_be_visible()
+    checked["aborted"] = axe_violations(page)
+    wait_for(lambda: rollout_status(stack).get("challenger_loaded") is None, ROLLOUT_TIMEOUT_S, "v2 unloaded")
+    answers = {
+        httpx.post(
+            f"{stack.url}/predict", json={"features": features}, headers={"X-Request-Id": f"after-{i}"}
+        ).headers["x-model-version"]
+        for i in range(20)
+    }
+    assert answers == {"1"}
+    # the challenger alias stays on v2 (docs/rollouts.md), but the versions page no longer calls it one
+    page.goto("/ui/versions")
+    expect(version_row(page, "2").locator(".badge.challenger")).to_have_count(0)
+    expect(version_row(page, "2").locator(".badge.last-challenger")).to_have_text("last challenger")
+    checked["versions-after"] = axe_violations(page)
+    assert {k: v for k, v in checked.items() if v} == {}
 
 
 def test_keyboard_only_and_phone_width(pages: Pages) -> None:

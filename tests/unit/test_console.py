@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from modelops.alias import AliasMove
-from modelops.console import live
+from modelops.console import live, pages
 from modelops.console.forms import field_index, text_body
 from modelops.console.session import COOKIE, PRE_COOKIE, Sessions, session_key
+from modelops.registry import VersionInfo
+from modelops.rollout.state import ROLLOUT_TAG
 from modelops.serving.model import Prediction
 from modelops.settings import ServerSettings
 from tests.unit.test_http_app import TOKEN, FakeRegistry, app_service, make_app, small_model
@@ -38,6 +42,14 @@ class AuditedRegistry(FakeRegistry):
         return [
             AliasMove(1_700_000_000_000 + i, "champion", m[0], "operator", m[1], m[2], m[3])
             for i, m in enumerate(self.moves)
+        ]
+
+    def list_versions(self, limit: int = 100) -> list[VersionInfo]:
+        """The versions with the aliases they hold now, as MLflow lists them."""
+        holders = {**self.aliases, self.alias: self.holder}
+        return [
+            replace(v, aliases=tuple(a for a, held in holders.items() if held == v.version))
+            for v in super().list_versions(limit)
         ]
 
 
@@ -105,10 +117,11 @@ def test_csrf_tokens_belong_to_one_session() -> None:
 
 
 def test_the_session_key_comes_from_the_secret_or_the_admin_token_never_is_it() -> None:
-    from_token = session_key(ServerSettings(admin_token="t0ken"))
+    token, secret = SecretStr("t0ken"), SecretStr("s")
+    from_token = session_key(ServerSettings(admin_token=token))
     assert from_token is not None and b"t0ken" not in from_token
-    assert session_key(ServerSettings(admin_token="t0ken")) == from_token  # every replica agrees
-    assert session_key(ServerSettings(admin_token="t0ken", ui_session_secret="s")) != from_token
+    assert session_key(ServerSettings(admin_token=token)) == from_token  # every replica agrees
+    assert session_key(ServerSettings(admin_token=token, ui_session_secret=secret)) != from_token
     assert session_key(ServerSettings()) is None
 
 
@@ -238,7 +251,7 @@ async def test_posts_without_the_csrf_token_or_from_another_origin_are_refused(
     http: httpx.AsyncClient,
 ) -> None:
     await sign_in(http)
-    registry = app_service(http._transport.app).registry  # type: ignore[attr-defined]
+    registry: FakeRegistry = app_service(http._transport.app).registry  # type: ignore[attr-defined,assignment]
     assert (await http.post("/ui/versions/2/deploy", data={})).status_code == 403
     assert (await http.post("/ui/versions/2/deploy", data={"csrf": "forged"})).status_code == 403
     token = await form_token(http)
@@ -577,6 +590,77 @@ async def test_rollout_panel_starts_shows_progress_promotes_and_aborts(http: htt
     assert fake.calls[-1] == ("abort", "console (admin): no reason given")
     assert (await http.post("/ui/rollout/start", data={})).status_code == 403
     assert (await http.post("/ui/rollout/explode", data={"csrf": token})).status_code == 404
+
+
+def test_the_challenger_badge_needs_a_running_rollout_of_that_version() -> None:
+    body = {
+        "served_version": "1",
+        "versions": [
+            {"version": "3", "aliases": []},
+            {"version": "2", "aliases": ["challenger"]},
+            {"version": "1", "aliases": ["champion"]},
+        ],
+    }
+
+    def badges(rolling_out: str | None) -> dict[str, list[str]]:
+        rows = pages.version_rows(body, "champion", "challenger", "http://mlflow.test", rolling_out)
+        return {row["version"]: [kind for kind, _ in row["badges"]] for row in rows}
+
+    assert badges("2") == {"3": [], "2": ["challenger"], "1": ["champion", "served"]}
+    # the rollout ended: the alias left behind is only a muted label
+    assert badges(None) == {"3": [], "2": ["last-challenger"], "1": ["champion", "served"]}
+    # the state names another version than the alias (a poll in between): only the state's version
+    assert badges("3") == {"3": ["challenger"], "2": ["last-challenger"], "1": ["champion", "served"]}
+
+
+def version_badges(page: httpx.Response, version: str) -> list[str]:
+    row = page.text.split(f'id="version-{version}"')[1].split("</tr>")[0]
+    return re.findall(r'<span class="badge ([a-z-]+)">', row)
+
+
+async def test_a_real_rollout_from_the_live_page_and_the_badges_it_leaves(http: httpx.AsyncClient) -> None:
+    """The service's own rollout operations on the fake registry, with this process's follower polling."""
+    service = app_service(http._transport.app)  # type: ignore[attr-defined]
+    registry: FakeRegistry = service.registry  # type: ignore[assignment]
+    service.follower.start()
+    try:
+        await sign_in(http)
+        page = await http.get("/ui/live")
+        token = csrf_of(page)
+        form = {"csrf": token, "steps": "50, 100", "interval_s": "60", "mode": "canary"}
+        # the champion's own version: refused inline, naming the field, the values kept
+        refused = await http.post("/ui/rollout/start", data={**form, "version": "1"})
+        assert refused.status_code == 422, refused.text
+        assert "Version: v1 is already the champion" in refused.text
+        assert re.search(r'id="rollout-version"[^>]*value="1" aria-invalid="true"', refused.text)
+        assert 'value="50, 100"' in refused.text and ROLLOUT_TAG not in registry.tags
+        started = await http.post("/ui/rollout/start", data={**form, "version": "2"})
+        assert started.status_code == 303, started.text
+        assert registry.aliases == {"challenger": "2"}
+        running = await http.get("/ui/live")
+        status = running.text.split('id="rollout-status"')[1].split("</dl>")[0]
+        assert 'class="state-running">running<' in status and "v2" in status
+        assert "Traffic to v2: 50%" in running.text and 'id="rollout-abort"' in running.text
+        versions = await http.get("/ui/versions")
+        assert version_badges(versions, "2") == ["challenger"]
+        assert version_badges(versions, "1") == ["champion", "served"]
+        # a second start while one runs: 409, inline
+        again = await http.post("/ui/rollout/start", data={**form, "version": "2"})
+        assert again.status_code == 409 and "abort or promote it first" in again.text
+        aborted = await http.post("/ui/rollout/abort", data={"csrf": token, "why": "checking the console"})
+        assert aborted.status_code == 303
+        after = await http.get("/ui/live")
+        status = after.text.split('id="rollout-status"')[1].split("</dl>")[0]
+        assert 'class="state-aborted">aborted<' in status
+        assert '<dd id="rollout-reason">console (admin): checking the console</dd>' in status
+        assert 'id="rollout-start"' in after.text
+        # the alias stays on v2 (docs/rollouts.md): the badge does not claim a challenger any more
+        assert registry.aliases == {"challenger": "2"}
+        versions = await http.get("/ui/versions")
+        assert version_badges(versions, "2") == ["last-challenger"]
+        assert "last challenger" in versions.text
+    finally:
+        await service.follower.stop()
 
 
 async def test_forms_are_bounded(http: httpx.AsyncClient) -> None:

@@ -84,9 +84,17 @@ def num(value: Any) -> str:
 
 
 def version_rows(
-    body: dict[str, Any], champion_alias: str, challenger_alias: str, tracking_uri: str
+    body: dict[str, Any],
+    champion_alias: str,
+    challenger_alias: str,
+    tracking_uri: str,
+    rolling_out: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The versions table: badges, key metrics first, links to the run in MLflow and to the model card."""
+    """The versions table: badges, key metrics first, links to the run in MLflow and to the model card.
+
+    `rolling_out` is the challenger of the rollout running now (None: none runs). Only that version gets the
+    challenger badge: when a rollout ends the challenger alias stays on the version last rolled out (removing
+    an alias needs MANAGE on the model), so the alias alone only earns a muted "last challenger"."""
     served = body.get("served_version")
     mlflow_ui = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
     rows = []
@@ -99,8 +107,10 @@ def version_rows(
         badges = []
         if champion_alias in aliases:
             badges.append(("champion", champion_alias))
-        if challenger_alias in aliases:
+        if rolling_out is not None and str(entry.get("version")) == rolling_out:
             badges.append(("challenger", challenger_alias))
+        elif challenger_alias in aliases:
+            badges.append(("last-challenger", f"last {challenger_alias}"))
         if tags.get(AWAITING_TAG) == "true":
             badges.append(("awaiting", "awaiting approval"))
         if entry.get("version") == served:

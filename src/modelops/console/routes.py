@@ -44,6 +44,11 @@ CONSOLE_MAX_ROWS = 100  # rows one console prediction may carry (the page shows 
 WRONG_SIGNIN_DELAY_S = 0.5
 STEPS = re.compile(r"^\s*\d{1,3}(\s*[, ]\s*\d{1,3})*\s*$")
 ROLLOUT_MODES = ("canary", "shadow")
+# the start form's fields, as their labels name them (an error names the field it is about)
+ROLLOUT_FIELDS = {"version": "Version", "steps": "Steps", "interval_s": "Seconds per step", "mode": "Mode"}
+# after a rollout action, how long to wait for this process's view of the rollout (its next poll, woken at
+# once by the action) so that the page it redirects to shows the new state
+ROLLOUT_APPLIED_WAIT_S = 3.0
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -269,10 +274,27 @@ class Console:
             body = orjson.loads(await self.service.versions(VERSIONS_LIMIT))
         except ModelOpsError as exc:
             return [], exc.message
+        rollout = self._rollout_status()
+        rolling_out = rollout.get("version") if rollout and rollout.get("state") == "running" else None
         rows = pages.version_rows(
-            body, self.settings.model_alias, self.challenger_alias, self.settings.tracking_uri
+            body,
+            self.settings.model_alias,
+            self.challenger_alias,
+            self.settings.tracking_uri,
+            str(rolling_out) if rolling_out is not None else None,
         )
         return rows, None
+
+    def _rollout_status(self) -> dict[str, Any] | None:
+        """This process's view of the rollout (from its last poll of the registry), None when unknown."""
+        rollout_status = getattr(self.service, "rollout_status", None)
+        if rollout_status is None:
+            return None
+        try:
+            status: dict[str, Any] = rollout_status()
+        except ModelOpsError as exc:
+            return {"state": "unknown", "error": exc.message}
+        return status
 
     async def versions_page(self, request: Request) -> Response:
         viewer = self._read_gate(request)
@@ -421,15 +443,16 @@ class Console:
                 context["drift"] = self.service.drift_report()
             except ModelOpsError:
                 context["drift"] = None
-        rollout_status = getattr(self.service, "rollout_status", None)
-        if rollout_status is not None:
-            try:
-                context["rollout"] = rollout_status()
-            except ModelOpsError as exc:
-                context["rollout"] = {"state": "unknown", "error": exc.message}
+        context["rollout"] = self._rollout_status()
         return context
 
-    async def live_page(self, request: Request, error: str | None = None, status: int = 200) -> Response:
+    async def live_page(
+        self,
+        request: Request,
+        error: ModelOpsError | None = None,
+        status: int = 200,
+        form: dict[str, str] | None = None,
+    ) -> Response:
         viewer = self._read_gate(request)
         if isinstance(viewer, Response):
             return viewer
@@ -448,7 +471,9 @@ class Console:
             "title": "Live",
             "audit": audit,
             "audit_error": audit_error,
-            "rollout_error": error,
+            "rollout_error": rollout_error_text(error),
+            "rollout_error_field": error.field if error and error.field in ROLLOUT_FIELDS else None,
+            "rollout_form": form or {},
             "modes": ROLLOUT_MODES,
             "challenger_alias": self.challenger_alias,
             "default_steps": str(getattr(self.settings, "rollout_steps", "5,25,50,100")).replace(",", ", "),
@@ -471,6 +496,7 @@ class Console:
             return pages.html("not found", 404)
         who = viewer.session.who if viewer.session else "?"
         why = f"console ({who}): {form.get('why', '').strip()[:500] or 'no reason given'}"
+        result: dict[str, Any] | None = None
         try:
             if action == "start":
                 version = form.get("version", "").strip()
@@ -491,12 +517,34 @@ class Console:
                 mode = form.get("mode", "")
                 if mode not in ROLLOUT_MODES:
                     raise InvalidInput(f"mode must be one of {', '.join(ROLLOUT_MODES)}", field="mode")
-                await service.rollout_start(version, steps, interval_s, mode)
+                result = await service.rollout_start(version, steps, interval_s, mode)
             elif action == "abort":
-                await service.rollout_abort(why)
+                result = await service.rollout_abort(why)
             else:
-                await service.rollout_promote(why)
+                result = await service.rollout_promote(why)
         except ModelOpsError as exc:
-            return await self.live_page(request, exc.message, status_for(exc))
+            kept = {k: form.get(k, "") for k in ROLLOUT_FIELDS} if action == "start" else None
+            return await self.live_page(request, exc, status_for(exc), kept)
         log.info("console: %s rollout %s", who, action)
+        await self._until_applied(result)
         return RedirectResponse("/ui/live#rollout", 303)
+
+    async def _until_applied(self, result: dict[str, Any] | None) -> None:
+        """Wait (briefly) until this process's view of the rollout shows `result`, so the page after the
+        redirect is not one poll behind. Other workers and replicas catch up at their next poll."""
+        if not isinstance(result, dict) or "id" not in result:
+            return
+        deadline = asyncio.get_running_loop().time() + ROLLOUT_APPLIED_WAIT_S
+        while asyncio.get_running_loop().time() < deadline:
+            now = self._rollout_status() or {}
+            if (now.get("id"), now.get("state")) == (result.get("id"), result.get("state")):
+                return
+            await asyncio.sleep(0.05)
+
+
+def rollout_error_text(error: ModelOpsError | None) -> str | None:
+    """A refused rollout action's message, naming the form field it is about."""
+    if error is None:
+        return None
+    label = ROLLOUT_FIELDS.get(error.field or "")
+    return f"{label}: {error.message}" if label else error.message
