@@ -105,6 +105,29 @@ RULES: dict[str, dict[str, Any]] = {
     "networkPolicy.trainerEgress.exceptCidrs": IPV4_CIDRS,
     "networkPolicy.trainerEgress.clusterCidrs": IPV4_CIDRS,
     "signing.publicCertificate": {"pattern": "^$|-----BEGIN (CERTIFICATE|PUBLIC KEY)-----"},
+    # progressive delivery, prediction log, console (the server's and the controller's settings' ranges)
+    "modelServer.routingHeader": {"pattern": "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"},
+    "modelServer.challengerTimeoutMs": {"exclusiveMinimum": 0},
+    "modelServer.shadowQueueRequests": {"minimum": 1},
+    "modelServer.feedbackMaxPending": {"minimum": 1},
+    "modelServer.predictionLog.sampleRate": {"minimum": 0, "maximum": 1},
+    "modelServer.predictionLog.uri": {"pattern": "^(mlflow-artifacts|file):"},
+    "modelServer.predictionLog.flushS": {"exclusiveMinimum": 0},
+    "modelServer.predictionLog.maxBufferRows": {"minimum": 1},
+    "modelServer.ui.sessionTtlS": {"minimum": 1},
+    "controller.tickS": {"exclusiveMinimum": 0},
+    "controller.prometheusUrl": {"pattern": "^$|^https?://"},
+    "rollout.challengerAlias": {"minLength": 1, "pattern": "^[A-Za-z][A-Za-z0-9_-]*$"},
+    "rollout.steps": {"pattern": "^[0-9]{1,3}( *, *[0-9]{1,3})*$"},
+    "rollout.intervalS": {"exclusiveMinimum": 0},
+    "rollout.minRequests": {"minimum": 1},
+    "rollout.maxErrorRatioIncrease": {"minimum": 0, "maximum": 1},
+    "rollout.maxP99Ratio": {"minimum": 1},
+    "rollout.p99SlackMs": {"minimum": 0},
+    "rollout.maxPsi": {"exclusiveMinimum": 0},
+    "retraining.onDrift.checks": {"minimum": 1},
+    "retraining.onDrift.checkIntervalS": {"exclusiveMinimum": 0},
+    "retraining.onDrift.cooldownS": {"minimum": 0},
 }
 # Numbers that may be written as integers or decimals.
 NUMBERS = {
@@ -112,6 +135,14 @@ NUMBERS = {
     "modelServer.pollBackoffMaxS",
     "modelServer.maxBatchWaitMs",
     "training.testSize",
+    "modelServer.challengerTimeoutMs",
+    "modelServer.predictionLog.flushS",
+    "controller.tickS",
+    "rollout.intervalS",
+    "rollout.maxP99Ratio",
+    "rollout.p99SlackMs",
+    "retraining.onDrift.checkIntervalS",
+    "retraining.onDrift.cooldownS",
 }
 
 

@@ -1,4 +1,5 @@
-"""The environment the chart gives the model server and the trainer is exactly what the code reads."""
+"""The environment the chart gives the model server, the trainer and the rollout controller is exactly what the
+code reads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelops.settings import ServerSettings, TrainerSettings
+from modelops.settings import ControllerSettings, ServerSettings, TrainerSettings
 from tests.chart.conftest import CI_VALUES, containers, find, values_file
 from tests.unit.test_settings_documented import env_names
 
@@ -41,10 +42,30 @@ def test_trainer_env(render: Render, values: Any) -> None:
     assert {"MLFLOW_TRACKING_URI", "MODELOPS_MODEL_NAME"} <= names
 
 
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_controller_env(render: Render, values: Any) -> None:
+    objects = render(values)
+    controller = find(objects, "Deployment", "controller")
+    names = {e["name"] for e in containers(controller)[0]["env"]}
+    unknown = names - set(env_names(ControllerSettings))
+    assert unknown == set(), f"the chart sets variables the controller never reads: {unknown}"
+    assert {
+        "MLFLOW_TRACKING_URI",
+        "MODELOPS_MODEL_NAME",
+        "MODELOPS_CHALLENGER_ALIAS",
+        "MODELOPS_REGISTRY_WRITE_PASSWORD",
+        "MODELOPS_CONTROLLER_TARGETS_DNS",
+    } <= names
+
+
 def test_tracking_uri_points_at_the_mlflow_service(render: Render) -> None:
     objects = render(values_file("default"))
     service = find(objects, "Service", "mlflow")
     expected = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
-    for kind, component in (("Deployment", "model-server"), ("CronJob", "training")):
+    for kind, component in (
+        ("Deployment", "model-server"),
+        ("CronJob", "training"),
+        ("Deployment", "controller"),
+    ):
         env = {e["name"]: e.get("value") for e in containers(find(objects, kind, component))[0]["env"]}
         assert env["MLFLOW_TRACKING_URI"] == expected

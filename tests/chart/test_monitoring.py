@@ -48,7 +48,7 @@ def promtool() -> str:
 def test_rules_pass_promtool_check(render: Render, promtool: str, tmp_path: Path) -> None:
     result = run_promtool(promtool, "check", "rules", str(rules_file(render, tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
 
 
 def test_rules_fire_and_stay_quiet_as_their_unit_tests_say(
@@ -101,6 +101,14 @@ def test_service_monitors_and_dashboard(render: Render) -> None:
         "Micro-batch size",
         "Served model version",
         "Model loads, failures, alias lag",
+        "Requests per version",
+        "p99 latency per version",
+        "Error ratio per version",
+        "Rollout: challenger share of traffic",
+        "Shadow agreement (challenger label = champion label)",
+        "Input drift",
+        "Prediction log",
+        "Live accuracy (labels from /feedback)",
     } == titles
     assert (
         json.loads((CHART / "files" / "dashboards" / "model-server.json").read_text())["uid"]
@@ -120,7 +128,7 @@ def test_bundled_prometheus_config_and_grafana(render: Render, promtool: str, tm
     (tmp_path / "prometheus.yml").write_text(prometheus_yml)
     result = run_promtool(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 11 rules found" in result.stdout
     scrape = yaml.safe_load(prometheus_yml)["scrape_configs"]
     assert scrape[0]["dns_sd_configs"][0]["names"] == [
         "rel-modelops-stack-model-server-headless.mlops.svc.cluster.local"

@@ -28,6 +28,7 @@ GENERATED_KEYS = {
     "mlflow-trainer-password",
     "mlflow-model-server-password",
     "mlflow-operator-password",
+    "ui-session-secret",
 }
 
 
@@ -44,7 +45,9 @@ def test_every_container_has_resources_and_a_locked_down_security_context(
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
-        assert spec["automountServiceAccountToken"] is False, where
+        # only the rollout controller gets a token: it creates drift retraining Jobs (test_controller.py)
+        controller = pod_template(obj)["metadata"]["labels"]["app.kubernetes.io/component"] == "controller"
+        assert spec["automountServiceAccountToken"] is controller, where
         for c in containers(obj):
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, (where, c["name"])

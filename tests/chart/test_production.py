@@ -104,6 +104,8 @@ def test_network_policies_allow_exactly_the_platform_paths(render: Render) -> No
         ("mlflow", "postgresql", 5432),
         ("db-migrate", "postgresql", 5432),
         ("mlflow", "minio", 9000),
+        ("controller", "mlflow", 5000),
+        ("controller", "model-server", 8000),
     }
     assert allowed(policies, OUTSIDE, pods["minio"], console) and allowed(
         policies, INTERNET, pods["minio"], console
@@ -115,11 +117,15 @@ def test_network_policies_allow_exactly_the_platform_paths(render: Render) -> No
         assert not allowed(policies, client, pods["mlflow"], 5000)
         assert not allowed(policies, client, pods["postgresql"], 5432)
         assert not allowed(policies, client, pods["minio"], 9000)
-    # every pod may resolve names, and nothing else leaves the release
+    # every pod may resolve names, and nothing else leaves the release but the controller's calls to the
+    # Kubernetes API (port 443/6443, test_controller.py)
     assert all(allowed(policies, p, INTERNET, 53) for p in pods.values())
     assert not any(
-        allowed(policies, p, INTERNET, 443) or allowed(policies, p, OUTSIDE, 8080) for p in pods.values()
+        allowed(policies, p, INTERNET, 443) or allowed(policies, p, OUTSIDE, 8080)
+        for name, p in pods.items()
+        if name != "controller"
     )
+    assert not allowed(policies, pods["controller"], OUTSIDE, 8080)
 
 
 def test_restricted_model_server_clients(render: Render) -> None:

@@ -160,7 +160,12 @@ def test_auth_bootstrap_runs_after_the_schema_wait(render: Render, stem: str) ->
 def test_each_pod_authenticates_as_its_own_principal(render: Render, stem: str) -> None:
     objects = render(values_file(stem))
     secret = auth_secret(stem)
-    expected = {"training": "trainer", "model-server": "model-server", "tests": "model-server"}
+    expected = {
+        "training": "trainer",
+        "model-server": "model-server",
+        "tests": "model-server",
+        "controller": "model-server",  # reads as model-server; moves aliases as operator (test_controller.py)
+    }
     seen = set()
     for obj in workloads(objects):
         for c in containers(obj):
@@ -173,7 +178,13 @@ def test_each_pod_authenticates_as_its_own_principal(render: Render, stem: str) 
             assert secret_ref(env["MLFLOW_TRACKING_PASSWORD"]) == (secret, f"mlflow-{user}-password")
             seen.add(obj["kind"] + "/" + component(obj))
     # the on-install training Job too (`helm template` renders an install)
-    assert seen == {"CronJob/training", "Job/training", "Deployment/model-server", "Pod/tests"}
+    assert seen == {
+        "CronJob/training",
+        "Job/training",
+        "Deployment/model-server",
+        "Deployment/controller",
+        "Pod/tests",
+    }
 
 
 def test_model_servers_write_the_registry_as_operator_only_when_asked(render: Render) -> None:
@@ -190,6 +201,22 @@ def test_model_servers_write_the_registry_as_operator_only_when_asked(render: Re
     holders = {
         (o["metadata"]["name"], c["name"])
         for o in workloads(off)
+        for c in containers(o)
+        for e in c.get("env", [])
+        if "valueFrom" in e
+        and e["valueFrom"].get("secretKeyRef", {}).get("key") == "mlflow-operator-password"
+    }
+    # (and with the rollout controller, which moves the aliases a rollout decides)
+    assert holders == {
+        ("rel-modelops-stack-mlflow", "auth-bootstrap"),
+        ("rel-modelops-stack-controller", "controller"),
+    }
+    no_controller = render(
+        values_file("default"), sets=("modelServer.adminApi.registryWrite=false", "controller.enabled=false")
+    )
+    holders = {
+        (o["metadata"]["name"], c["name"])
+        for o in workloads(no_controller)
         for c in containers(o)
         for e in c.get("env", [])
         if "valueFrom" in e
@@ -424,16 +451,23 @@ def own_components(peers: list[dict[str, Any]]) -> set[str]:
 def test_mlflow_admits_only_the_platform_by_default(render: Render) -> None:
     objects = render(values_file("default"))
     peers = mlflow_ingress_peers(objects)
-    assert own_components(peers) == {"model-server", "training", "db-migrate", "tests"}
-    assert len(peers) == 4  # no ipBlock, no namespaceSelector: nobody else
+    assert own_components(peers) == {"model-server", "training", "db-migrate", "tests", "controller"}
+    assert len(peers) == 5  # no ipBlock, no namespaceSelector: nobody else
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     pods = pods_by_component(objects)
-    for client in ("model-server", "training", "tests"):
+    for client in ("model-server", "training", "tests", "controller"):
         assert allowed(policies, pods[client], pods["mlflow"], 5000), client
     for other in (OUTSIDE, INTERNET, pods["postgresql"], pods["minio"]):
         assert not allowed(policies, other, pods["mlflow"], 5000)
     with_prometheus = own_components(mlflow_ingress_peers(render(values_file("monitoring"))))
-    assert with_prometheus == {"model-server", "training", "db-migrate", "tests", "prometheus"}
+    assert with_prometheus == {"model-server", "training", "db-migrate", "tests", "controller", "prometheus"}
+    without_controller = render(values_file("default"), sets=("controller.enabled=false",))
+    assert own_components(mlflow_ingress_peers(without_controller)) == {
+        "model-server",
+        "training",
+        "db-migrate",
+        "tests",
+    }
 
 
 def test_mlflow_clients_from_values_are_added_as_given(render: Render, tmp_path: Path) -> None:
@@ -447,7 +481,7 @@ def test_mlflow_clients_from_values_are_added_as_given(render: Render, tmp_path:
     validate(objects)
     peers = mlflow_ingress_peers(objects)
     assert peers[-2:] == clients
-    assert own_components(peers) == {"model-server", "training", "db-migrate", "tests"}
+    assert own_components(peers) == {"model-server", "training", "db-migrate", "tests", "controller"}
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     assert allowed(policies, INTERNET, pods_by_component(objects)["mlflow"], 5000)  # the listed CIDR
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelops.settings import ServerSettings, StackSettings, TrainerSettings
+from modelops.settings import ControllerSettings, ServerSettings, StackSettings, TrainerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -19,12 +19,12 @@ def env_names(cls: type) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("cls", [ServerSettings, TrainerSettings, StackSettings])
+@pytest.mark.parametrize("cls", [ServerSettings, TrainerSettings, StackSettings, ControllerSettings])
 def test_every_environment_variable_is_in_the_readme(cls: type) -> None:
     missing = [name for name in env_names(cls) if f"| `{name}` |" not in README]
     assert missing == []
 
 
 def test_every_field_has_a_description() -> None:
-    for cls in (ServerSettings, TrainerSettings, StackSettings):
+    for cls in (ServerSettings, TrainerSettings, StackSettings, ControllerSettings):
         assert all(f.description for f in cls.model_fields.values()), cls

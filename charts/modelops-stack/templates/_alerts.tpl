@@ -55,6 +55,26 @@ groups:
         labels: {severity: warning}
         annotations:
           summary: "Served inputs have drifted from the training data for {{ $rules.driftFor }} (GET /drift names the features)."
+      - alert: PredictionLogDropping
+        expr: sum by (outcome) (increase(modelops_prediction_log_records_total{ {{- $sel -}}, outcome!="written"}[10m])) > 0
+        for: 10m
+        labels: {severity: warning}
+        annotations:
+          summary: "Prediction-log records are being {{ "{{" }} $labels.outcome {{ "}}" }} instead of written (buffer full, or MLflow refuses or cannot take the uploads): retraining and the offline feedback join miss them."
+  - name: modelops-rollout
+    rules:
+      - alert: RolloutChallengerErrors
+        expr: >-
+          (
+            sum by (version) (rate(modelops_version_requests_total{ {{- $sel -}}, outcome="error"}[5m]))
+            / sum by (version) (rate(modelops_version_requests_total{ {{- $sel -}} }[5m]))
+            > {{ $rules.errorRatioThreshold }}
+          )
+          and on (version) (max by (version) (modelops_rollout_percent{ {{- $sel -}} }) > 0)
+        for: 5m
+        labels: {severity: warning}
+        annotations:
+          summary: "Challenger version {{ "{{" }} $labels.version {{ "}}" }} answers more than {{ mulf $rules.errorRatioThreshold 100 }}% of its requests with errors while it takes traffic in a rollout (`modelops rollout abort` gives the champion all traffic)."
   - name: modelops-storage
     rules:
       - alert: ModelOpsVolumeAlmostFull

@@ -179,6 +179,32 @@ username (not secret, and independent of where the passwords come from). */}}
       key: {{ printf "mlflow-%s-password" $user }}
 {{- end }}
 
+{{/* Web console sessions: the key that signs their cookies is generated next to the admin token, in the
+credentials Secret (lookup-and-keep, so every replica and every upgrade share it). With the admin token from
+the user's Secret, or the credentials from External Secrets, the server derives the key from the admin token
+(no new key asked of the user's store). "true" or "" */}}
+{{- define "modelops-stack.uiSession.generated" -}}
+{{- if and .Values.modelServer.ui.enabled (not .Values.modelServer.auth.existingSecret) (not .Values.externalSecrets.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* Rollout controller ------------------------------------------------------------------------------- */}}
+{{- define "modelops-stack.controller.serviceAccountName" -}}
+{{- include "modelops-stack.component.name" (list . "controller") }}
+{{- end }}
+{{/* The controller talks to the Kubernetes API (a token in its pod) only to start drift retrainings */}}
+{{- define "modelops-stack.controller.kubernetesApi" -}}
+{{- if and .Values.controller.enabled .Values.retraining.onDrift.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The model server's headless Service: one DNS record per ready replica, for whoever reads every
+replica's /metrics (the bundled Prometheus, the rollout controller) */}}
+{{- define "modelops-stack.modelServer.headlessName" -}}
+{{- include "modelops-stack.component.name" (list . "model-server") }}-headless
+{{- end }}
+{{- define "modelops-stack.modelServer.headlessEnabled" -}}
+{{- if or .Values.monitoring.bundled.enabled .Values.controller.enabled }}true{{ end }}
+{{- end }}
+
 {{/* Model signing: the private key (trainers only) and the certificate that verifies (model servers) -- */}}
 {{- define "modelops-stack.signing.secretName" -}}
 {{- .Values.signing.existingSecret | default (include "modelops-stack.component.name" (list . "signing")) }}
@@ -264,6 +290,11 @@ render agree (each include would otherwise generate a new key). */}}
 {{- define "modelops-stack.pod.common" -}}
 serviceAccountName: {{ include "modelops-stack.serviceAccountName" . }}
 automountServiceAccountToken: false
+{{ include "modelops-stack.pod.placement" . }}
+{{- end }}
+
+{{/* Security context, pull secrets and scheduling of every pod (pod.common without the ServiceAccount) */}}
+{{- define "modelops-stack.pod.placement" -}}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.imagePullSecrets }}
