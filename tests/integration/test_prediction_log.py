@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from modelops.monitoring.predlog import ArtifactProxyStore
+from modelops.monitoring.predlog import ArtifactProxyStore, expand
 from modelops.training.data import load_dataset
 from tests.integration.conftest import train_version
 from tests.support import TEST_PASSWORDS, MlflowService, Service, mlflow_server, modelops, wait_for
@@ -36,7 +36,8 @@ def logged(tracking_uri: str, name: str) -> tuple[list[dict[str, Any]], list[dic
     try:
         for path, _ in store.list(f"model={name}"):
             lines = gzip.decompress(store.get(path, 1 << 30)).splitlines()
-            (labels if "/feedback/" in path else answers).extend(json.loads(line) for line in lines)
+            for line in lines:
+                (labels if "/feedback/" in path else answers).extend(expand(json.loads(line)))
     finally:
         store.close()
     return answers, labels

@@ -25,6 +25,7 @@ from modelops.monitoring.predlog import (
     FolderStore,
     PredictionLog,
     StoreError,
+    expand,
     sampled,
 )
 from modelops.serving.model import LoadedModel
@@ -49,7 +50,8 @@ def event(request_id: str, rows: int = 1, version: str = "1", at: float = AT) ->
 def records(root: Path, pattern: str = "**/*.jsonl.gz") -> list[dict[str, Any]]:
     found = []
     for path in sorted(root.glob(pattern)):
-        found.extend(json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines())
+        for line in gzip.decompress(path.read_bytes()).splitlines():
+            found.extend(expand(json.loads(line)))
     return found
 
 

@@ -51,10 +51,16 @@ class FeedbackJoin:
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
         self._rows = 0
         self._windows: dict[str, deque[_Labelled]] = {}
+        self._classes_of: Any = None
+        self._classes: tuple[str, ...] | None = None
 
     def observe(self, event: PredictionEvent) -> None:
         """A prediction listener: remember the answer (references only; O(1) amortised)."""
-        classes = tuple(label_text(c) for c in event.model.classes) if event.model.classes else None
+        model = event.model
+        if model is not self._classes_of:  # the class names change only with the model: not per request
+            self._classes_of = model
+            self._classes = tuple(label_text(c) for c in model.classes) if model.classes else None
+        classes = self._classes
         answer = _Answer(
             event.model.version, event.prediction.labels, event.prediction.probabilities, classes
         )

@@ -301,34 +301,90 @@ class _Pending:
 
 
 def _answer_records(event: PredictionEvent) -> Iterator[dict[str, Any]]:
+    """One line per row for a single-row answer; one columnar line for a multi-row answer (its arrays go to
+    orjson as numpy arrays, so a 1000-row request costs the writer about a tenth of 1000 per-row dicts).
+    `expand` turns either back into per-row records."""
     model = event.model
-    columns = model.columns
-    labels = event.prediction.labels.tolist()
-    probabilities = event.prediction.probabilities
+    prediction = event.prediction
     classes = [str(c) for c in model.classes] if model.classes else None
-    proba = probabilities.tolist() if probabilities is not None else None
     latency_ms = round(event.latency_s * 1000, 3)
-    for i, row in enumerate(event.rows.tolist()):
-        outputs: dict[str, Any] = {"label": labels[i], "probabilities": None}
-        if proba is not None:
-            names = classes or [str(c) for c in range(len(proba[i]))]
-            outputs["probabilities"] = dict(zip(names, proba[i], strict=False))
+    if len(event.rows) == 1:
+        probabilities = prediction.probabilities
+        proba = probabilities[0].tolist() if probabilities is not None else None
+        names = classes or ([str(c) for c in range(len(proba))] if proba is not None else None)
+        row = event.rows[0].tolist()
         yield {
             "request_id": event.request_id,
-            "row": i,
+            "row": 0,
             "ts": event.at,
             "model": model.name,
             "version": model.version,
-            "inputs": dict(zip(columns, row, strict=False)) if columns else row,
-            "outputs": outputs,
+            "inputs": dict(zip(model.columns, row, strict=False)) if model.columns else row,
+            "outputs": {
+                "label": prediction.labels[0].item()
+                if hasattr(prediction.labels[0], "item")
+                else prediction.labels[0],
+                "probabilities": dict(zip(names, proba, strict=False))
+                if proba is not None and names
+                else None,
+            },
             "latency_ms": latency_ms,
+        }
+        return
+    labels = prediction.labels
+    yield {
+        "request_id": event.request_id,
+        "rows": len(event.rows),
+        "ts": event.at,
+        "model": model.name,
+        "version": model.version,
+        "columns": list(model.columns),
+        "classes": classes,
+        "inputs": event.rows,
+        "labels": labels if labels.dtype.kind in "biuf" else labels.tolist(),
+        "probabilities": prediction.probabilities,
+        "latency_ms": latency_ms,
+    }
+
+
+def record_rows(record: dict[str, Any]) -> int:
+    """How many answered rows one log line holds."""
+    return int(record.get("rows", 1))
+
+
+def expand(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The per-row records of one log line (a columnar multi-row line becomes one record per row)."""
+    if "rows" not in record:
+        yield record
+        return
+    columns = record.get("columns") or []
+    classes = record.get("classes")
+    probabilities = record.get("probabilities")
+    for i, (row, label) in enumerate(zip(record["inputs"], record["labels"], strict=False)):
+        proba = probabilities[i] if probabilities is not None else None
+        names = classes or ([str(c) for c in range(len(proba))] if proba is not None else None)
+        yield {
+            "request_id": record["request_id"],
+            "row": i,
+            "ts": record["ts"],
+            "model": record["model"],
+            "version": record["version"],
+            "inputs": dict(zip(columns, row, strict=False)) if columns else row,
+            "outputs": {
+                "label": label,
+                "probabilities": dict(zip(names, proba, strict=False))
+                if proba is not None and names
+                else None,
+            },
+            "latency_ms": record["latency_ms"],
         }
 
 
 def encode(records: list[dict[str, Any]]) -> bytes:
-    """gzip'd JSON lines (level 5: about as small as 9 here, at a third of the time)."""
+    """gzip'd JSON lines at level 1: a third of level 5's time for files about 10% larger (measured on 1000
+    answers of 30 features: 11 ms and 404 kB against 33 ms and 362 kB); the writer's CPU is the log's limit."""
     text = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
-    return gzip.compress(text, compresslevel=5, mtime=0)
+    return gzip.compress(text, compresslevel=1, mtime=0)
 
 
 class PredictionLog:
@@ -483,7 +539,7 @@ class PredictionLog:
                 chunk = records[start : start + FILE_MAX_ROWS]
                 name = f"{stamp}-{self.host}-{self.pid}-{next(self._seq)}{SUFFIX}"
                 path = "/".join(p for p in (self.prefix, folder, name) if p)
-                files.append(_Pending(path, encode(chunk), len(chunk)))
+                files.append(_Pending(path, encode(chunk), sum(record_rows(r) for r in chunk)))
         return files
 
     def _write(self, pending: _Pending, deadline: float, final: bool) -> bool:

@@ -144,21 +144,71 @@ ROLLOUT_PERCENT = Gauge(
 )
 
 
+class _VersionSeries:
+    """One version's metric children, looked up once: `labels()` costs more than the increment itself, and this
+    runs on every answered request."""
+
+    __slots__ = ("classes", "errors", "latency", "ok", "scores", "version")
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.ok = VERSION_REQUESTS.labels(version, "ok")
+        self.errors = VERSION_REQUESTS.labels(version, "error")
+        self.latency = VERSION_LATENCY.labels(version)
+        self.scores = [VERSION_SCORES.labels(version, str(b)) for b in range(SCORE_BINS)]
+        self.classes: dict[Any, Any] = {}
+
+    def label(self, value: Any) -> Any:
+        child = self.classes.get(value)
+        if child is None:
+            if len(self.classes) >= MAX_CLASS_SERIES:  # a regressor's labels are numbers: no series for them
+                return None
+            child = self.classes[value] = VERSION_CLASSES.labels(self.version, str(value))
+        return child
+
+
+MAX_CLASS_SERIES = 32
+_SERIES: dict[str, _VersionSeries] = {}
+
+
+def version_series(version: str) -> _VersionSeries:
+    series = _SERIES.get(version)
+    if series is None:
+        if len(_SERIES) > 16:  # versions come and go with swaps and rollouts: keep the lookup small
+            _SERIES.clear()
+        series = _SERIES[version] = _VersionSeries(version)
+    return series
+
+
 def observe_version(version: str, labels: Any, probabilities: Any, latency_s: float) -> None:
     """Count one answered request of `version`: its latency, predicted classes and score distribution."""
-    import numpy as np
+    series = version_series(version)
+    series.ok.inc()
+    series.latency.observe(latency_s)
+    if len(labels) == 1:  # the common case, without numpy's sorting machinery
+        value = labels[0]
+        child = series.label(value.item() if hasattr(value, "item") else value)
+        if child is not None:
+            child.inc()
+    else:
+        import numpy as np
 
-    VERSION_REQUESTS.labels(version, "ok").inc()
-    VERSION_LATENCY.labels(version).observe(latency_s)
-    values, counts = np.unique(labels, return_counts=True)
-    if len(values) <= 32:  # a regressor's labels are numbers: no per-class series for them
+        values, counts = np.unique(labels, return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            VERSION_CLASSES.labels(version, str(value)).inc(count)
+            child = series.label(value)
+            if child is None:
+                break
+            child.inc(count)
     if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] >= 1:
-        bins = np.minimum((probabilities[:, -1] * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
-        for b, count in enumerate(np.bincount(np.maximum(bins, 0), minlength=SCORE_BINS).tolist()):
-            if count:
-                VERSION_SCORES.labels(version, str(b)).inc(count)
+        if len(probabilities) == 1:
+            series.scores[min(max(int(probabilities[0, -1] * SCORE_BINS), 0), SCORE_BINS - 1)].inc()
+        else:
+            import numpy as np
+
+            bins = np.clip((probabilities[:, -1] * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+            for b, count in enumerate(np.bincount(bins, minlength=SCORE_BINS).tolist()):
+                if count:
+                    series.scores[b].inc(count)
 
 
 FEATURE_DRIFT = Gauge(

@@ -324,7 +324,7 @@ class ServingService:
         try:
             result = await self.batcher.predict(model, rows)
         except Exception:
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            metrics.version_series(model.version).errors.inc()
             raise
         self._answered(model, rows, result, time.perf_counter() - start, request_id)
         return result
@@ -351,7 +351,7 @@ class ServingService:
         try:
             result, latency_s = await self.challenger_runner.predict(challenger, rows)
         except Exception as exc:  # the client never sees the challenger fail: the champion answers
-            metrics.VERSION_REQUESTS.labels(challenger.version, "error").inc()
+            metrics.version_series(challenger.version).errors.inc()
             log.debug("challenger v%s failed (%s): the champion answers", challenger.version, exc)
             return model, await self.predict(model, rows, request_id)
         self._answered(challenger, rows, result, latency_s, request_id)
@@ -365,13 +365,13 @@ class ServingService:
         try:
             result, latency_s = await self.challenger_runner.predict(model, rows)
         except TimeoutError:
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            metrics.version_series(model.version).errors.inc()
             raise ModelError(f"challenger v{model.version} did not answer in time") from None
         except ModelOpsError:
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            metrics.version_series(model.version).errors.inc()
             raise
         except Exception as exc:
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            metrics.version_series(model.version).errors.inc()
             raise ModelError(f"challenger v{model.version} failed: {type(exc).__name__}") from exc
         self._answered(model, rows, result, latency_s, request_id)
         return result

@@ -357,7 +357,7 @@ def _prediction_log(source: str, target: str, max_bytes: int, tracking_uri: str 
     """Labelled rows of a prediction log (see modelops.monitoring.predlog): answers joined to labels by
     request id and row; rows without a label are left out. `max_bytes` bounds the decompressed total."""
     from modelops.monitoring.feedback import labelled_records
-    from modelops.monitoring.predlog import FEEDBACK_DIR, StoreError, open_store
+    from modelops.monitoring.predlog import FEEDBACK_DIR, StoreError, expand, open_store
 
     shown = redact_source(source)
     text = source.strip()
@@ -396,7 +396,9 @@ def _prediction_log(source: str, target: str, max_bytes: int, tracking_uri: str 
             budget -= len(raw)
             digest.update(raw)
             into = labels if f"/{FEEDBACK_DIR}/" in f"/{path}" else answers
-            into.extend(orjson.loads(line) for line in raw.splitlines() if line.strip())
+            for line in raw.splitlines():
+                if line.strip():
+                    into.extend(expand(orjson.loads(line)))
     except StoreError as exc:
         raise DataError(f"cannot read {shown}: {_scrub(str(exc))}", field="data") from None
     except orjson.JSONDecodeError as exc:
