@@ -334,6 +334,7 @@ def summary(config: StackConfig, version: str, example: list[float] | None = Non
     token_path = (config.home / TOKEN_FILE).resolve()
     rows = [
         ("MLflow UI", config.mlflow_url),
+        ("Web console", f"{config.server_url}/ui (sign in with the admin token)"),
         ("Model server API docs", f"{config.server_url}/docs"),
         ("Metrics", f"{config.server_url}/metrics"),
         ("Served model", f"{config.model_name} v{version} (alias {config.alias})"),
@@ -350,6 +351,7 @@ def summary(config: StackConfig, version: str, example: list[float] | None = Non
         f"    curl -s -X POST {config.server_url}/predict -H 'Content-Type: application/json' \\",
         f"      -d '{json.dumps({'features': example or []})}'",
         "  or:  modelops predict   (in the virtualenv: .venv/bin/modelops predict)",
+        "  Roll out a new version progressively:  modelops rollout start --version <v>",
         "",
     ]
     return "\n".join(lines)
