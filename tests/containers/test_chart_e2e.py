@@ -188,6 +188,28 @@ def test_install_train_predict_deploy_restart(cluster: Cluster) -> None:
         assert deployed["status"] == 200, deployed
         wait_replicas(cluster, "1")
 
+        # a progressive rollout of v2 under load from `modelops loadtest` (no failed request allowed): the
+        # controller reads both replicas' metrics through the headless Service, passes both steps and promotes
+        started = http(
+            cluster,
+            "POST",
+            f"{server_url}/rollout/start",
+            {"version": "2", "steps": [50, 100], "interval_s": 5},
+            {"Authorization": f"Bearer {token}"},
+        )
+        assert started["status"] == 200, started
+        load = pm.podman(
+            "exec", f"{cluster.prefix}-client", "python3", "-m", "modelops", "loadtest", "--url", server_url,
+            "--stages", "4:40s", "--max-error-rate", "0", "--output", "json",
+            check=False, timeout=120 + pm.PODMAN_OVERHEAD_S,
+        )  # fmt: skip
+        assert load.returncode == 0, load.stdout[-3000:] + load.stderr[-3000:]
+        summary = json.loads(load.stdout)
+        assert summary["overall"]["error_rate"] == 0 and "2" in summary["overall"]["versions"], summary
+        rollout = http(cluster, "GET", f"{server_url}/rollout")["body"]
+        assert rollout["state"] == "promoted", rollout
+        wait_replicas(cluster, "2")
+
         # MLflow's backend is PostgreSQL: restart MLflow and the runs are still there
         mlflow_deployment = next(
             w for w in cluster.workloads("Deployment") if w["metadata"]["name"].endswith("mlflow")
@@ -228,6 +250,8 @@ print(json.dumps([[m["action"], m["who"], m["from"], m["to"]] for m in moves]))
                 ["promotion", "trainer", None, "1"],
                 ["promotion", "trainer", "1", "2"],
                 ["deploy", "operator", "2", "1"],
+                ["rollout-start", "operator", None, "2"],
+                ["rollout-promote", "operator", "1", "2"],
             ]
         cluster.restart(cluster.pods(mlflow_deployment)[0])
         assert in_client(cluster, runs_query) == before
