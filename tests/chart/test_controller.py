@@ -122,7 +122,7 @@ def test_controller_targets_the_headless_service_and_the_training_cronjob(render
     headless = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == HEADLESS)
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["selector"]["app.kubernetes.io/component"] == "model-server"
-    assert env["MODELOPS_CONTROLLER_TARGETS_DNS"]["value"] == f"{HEADLESS}.mlops.svc:8000"
+    assert env["MODELOPS_CONTROLLER_TARGETS_DNS"]["value"] == f"{HEADLESS}:8000"  # same namespace: short name
     assert headless["spec"]["ports"][0]["port"] == 8000
     cron = next(o for o in objects if o["kind"] == "CronJob")
     assert env["MODELOPS_RETRAIN_CRONJOB"]["value"] == cron["metadata"]["name"] == CRONJOB

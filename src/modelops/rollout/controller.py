@@ -63,8 +63,15 @@ class ReplicaScraper:
         if not self.dns:
             return list(self.targets)
         host, _, port = self.dns.rpartition(":")
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        return sorted({f"http://{info[4][0]}:{port}" for info in infos})
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (
+            OSError
+        ) as exc:  # no ready replica (a headless Service without endpoints has no record) or no DNS
+            log.warning("cannot resolve the replicas at %s: %s", self.dns, exc)
+            return []
+        addresses = {str(info[4][0]) for info in infos}
+        return sorted(f"http://[{a}]:{port}" if ":" in a else f"http://{a}:{port}" for a in addresses)
 
     def scrape(self) -> dict[str, dict[Key, float]]:
         out = {}
