@@ -309,6 +309,10 @@ class ServerSettings(RolloutSettings):
     prediction_log_max_buffer_rows: int = Field(
         default=200_000, gt=0, description="Rows held in memory for the log; above it records are dropped."
     )
+    feedback_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of POST /feedback (a labelling pipeline's); the admin token works too.",
+    )
     feedback_max_pending: int = Field(
         default=100_000, gt=0, description="Recent answers kept per worker to join labels sent to /feedback."
     )

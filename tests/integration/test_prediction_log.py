@@ -19,7 +19,7 @@ from sklearn.datasets import load_breast_cancer
 
 from modelops.monitoring.predlog import ArtifactProxyStore, expand
 from modelops.training.data import load_dataset
-from tests.integration.conftest import train_version
+from tests.integration.conftest import AUTH_HEADERS, train_version
 from tests.support import TEST_PASSWORDS, MlflowService, Service, mlflow_server, modelops, wait_for
 
 pytestmark = pytest.mark.slow
@@ -80,13 +80,16 @@ def test_every_answer_is_logged_after_sigterm_labels_join_and_train_reads_the_lo
     truth = data.target[picked]
 
     feedback = [{"request_id": rid, "label": int(label)} for rid, label in zip(ids, truth, strict=True)]
-    answer = httpx.post(f"{server.uri}/feedback", json=feedback, timeout=10)
+    answer = httpx.post(f"{server.uri}/feedback", json=feedback, headers=AUTH_HEADERS, timeout=10)
     assert answer.status_code == 200, answer.text
     counts = answer.json()
     # two workers: the one that gets the labels joins those of its own answers (maybe none); all are logged
     assert counts["logged"] == 300 and counts["joined"] + counts["unmatched"] == 300
     single = httpx.post(
-        f"{server.uri}/feedback", json={"request_id": ids[0], "label": int(truth[0])}, timeout=10
+        f"{server.uri}/feedback",
+        json={"request_id": ids[0], "label": int(truth[0])},
+        headers=AUTH_HEADERS,
+        timeout=10,
     )
     assert single.status_code == 200 and single.json()["logged"] == 1
     metrics = httpx.get(f"{server.uri}/metrics", timeout=10).text
@@ -141,7 +144,7 @@ def test_with_mlflow_down_serving_is_unaffected_and_the_log_catches_up(
         before = send(server.uri, rows[:50], "up")
         truth = load_breast_cancer().target[:50]
         labels = [{"request_id": rid, "label": int(y)} for rid, y in zip(before, truth, strict=True)]
-        joined = httpx.post(f"{server.uri}/feedback", json=labels, timeout=10)
+        joined = httpx.post(f"{server.uri}/feedback", json=labels, headers=AUTH_HEADERS, timeout=10)
         # one worker: it holds every answer, so every label joins live
         assert joined.json() == {"joined": 50, "unmatched": 0, "logged": 50}
         metrics = httpx.get(f"{server.uri}/metrics", timeout=10).text

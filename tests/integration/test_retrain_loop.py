@@ -39,7 +39,8 @@ def test_sustained_drift_starts_one_retraining_that_enters_as_challenger(
     signing_keys: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
-    train_version(tracking_server.uri, model_name, promote="always")
+    # a weak champion: the retraining (default parameters) beats it by more than the margin drift runs need
+    train_version(tracking_server.uri, model_name, promote="always", params=["C=0.0001"])
     server = start_server(tracking_server.uri, model_name, extra_env={"MODELOPS_DRIFT_WINDOW_ROWS": "100"})
     wait_for(lambda: httpx.get(f"{server.uri}/readyz").status_code == 200, 120, "server ready")
     # the local platform's home layout: the trainer's login and the signing key the retraining uses

@@ -20,7 +20,7 @@ from modelops.monitoring.predlog import FeedbackItem, FolderStore, PredictionLog
 from modelops.serving.model import LoadedModel, Prediction
 from modelops.serving.service import PredictionEvent
 from modelops.training.data import load_dataset
-from tests.unit.test_http_app import ROW, Client, client_for, make_app, small_model
+from tests.unit.test_http_app import AUTH, ROW, Client, client_for, make_app, small_model
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +52,7 @@ async def test_labels_join_to_this_workers_answers_one_or_a_batch(tmp_path: Path
     async for client in client_for(app):
         await predict(client, "req-1")
         await predict(client, "req-2", rows=3)
-        one = await client.post("/feedback", {"request_id": "req-1", "label": 1})
+        one = await client.post("/feedback", {"request_id": "req-1", "label": 1}, headers=AUTH)
         assert one.status_code == 200
         assert one.json() == {"joined": 1, "unmatched": 0, "logged": 1}
         batch = await client.post(
@@ -63,6 +63,7 @@ async def test_labels_join_to_this_workers_answers_one_or_a_batch(tmp_path: Path
                 {"request_id": "req-2", "label": 1, "row": 3},  # no such row
                 {"request_id": "elsewhere", "label": 0},  # answered by another worker (or never)
             ],
+            headers=AUTH,
         )
         assert batch.status_code == 200
         assert batch.json() == {"joined": 2, "unmatched": 2, "logged": 4}
@@ -96,7 +97,7 @@ async def test_labels_join_to_this_workers_answers_one_or_a_batch(tmp_path: Path
 )
 async def test_bad_feedback_is_refused_naming_the_field(body: str, status: int, field: str) -> None:
     async for client in client_for(make_app(model=small_model())):
-        response = await client.post("/feedback", content=body)
+        response = await client.post("/feedback", content=body, headers=AUTH)
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert error["field"] == field and error["code"] and error["message"]
@@ -104,10 +105,12 @@ async def test_bad_feedback_is_refused_naming_the_field(body: str, status: int, 
 
 async def test_too_many_labels_or_too_large_a_body_is_refused() -> None:
     async for client in client_for(make_app(model=small_model(), max_body_bytes=2000)):
-        response = await client.post("/feedback", [{"request_id": f"r{i}", "label": 1} for i in range(100)])
+        response = await client.post(
+            "/feedback", [{"request_id": f"r{i}", "label": 1} for i in range(100)], headers=AUTH
+        )
         assert response.status_code == 413
     async for client in client_for(make_app(model=small_model())):
-        response = await client.post("/feedback", [{"request_id": "r", "label": 1}] * 10_001)
+        response = await client.post("/feedback", [{"request_id": "r", "label": 1}] * 10_001, headers=AUTH)
         assert response.status_code == 422 and response.json()["error"]["field"] == "body"
 
 
@@ -197,3 +200,20 @@ def test_a_log_without_labels_says_so(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "model=m"))
     assert caught.value.field == "data"
     assert json.dumps(caught.value.field)
+
+
+async def test_feedback_needs_the_feedback_or_the_admin_token() -> None:
+    """Labels train future models: an anonymous client must not write them."""
+    label = {"request_id": "req-1", "label": 1}
+    async for client in client_for(make_app(model=small_model(), feedback_token="labeller-token-0123456789")):
+        assert (await client.post("/feedback", label)).status_code == 401
+        wrong = await client.post("/feedback", label, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["field"] == "Authorization"
+        labeller = {"Authorization": "Bearer labeller-token-0123456789"}
+        assert (await client.post("/feedback", label, headers=labeller)).status_code == 200
+        assert (await client.post("/feedback", label, headers=AUTH)).status_code == 200
+    async for client in client_for(make_app(model=small_model(), admin_token=None)):
+        disabled = await client.post("/feedback", label, headers=AUTH)
+        assert (
+            disabled.status_code == 403 and "MODELOPS_FEEDBACK_TOKEN" in disabled.json()["error"]["message"]
+        )

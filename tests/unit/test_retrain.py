@@ -315,6 +315,8 @@ def test_kubernetes_launcher_creates_a_job_from_the_cronjob_template(api: FakeAp
         "rollout",
         "--trigger",
         "drift",
+        "--min-delta",
+        "-0.001",
     ]
     assert job["spec"]["backoffLimit"] == 1
     # the CronJob read from the API is not changed in place
@@ -329,6 +331,7 @@ def test_the_appended_flags_win_in_the_trainer_parser() -> None:
     (container,) = build_job(CRONJOB, 1.0)["spec"]["template"]["spec"]["containers"]
     args = build_parser().parse_args(container["args"])
     assert (args.promote, args.trigger, args.algorithm) == ("rollout", "drift", "logreg")
+    assert args.min_delta == -0.001  # a drift-triggered candidate must beat the champion, not tie
 
 
 def test_a_job_name_fits_in_a_label_value() -> None:
@@ -420,7 +423,7 @@ def test_local_launcher_command_is_the_drift_retraining(tmp_path: Path) -> None:
     command = launcher.command
     assert command[1:4] == ["-m", "modelops", "train"]
     assert command[command.index("--home") + 1] == str(tmp_path.resolve())
-    assert command[-4:] == ["--promote", "rollout", "--trigger", "drift"]
+    assert command[-6:] == ["--promote", "rollout", "--trigger", "drift", "--min-delta", "-0.001"]
 
 
 def test_local_launcher_without_the_trainers_files_fails_clearly(tmp_path: Path) -> None:

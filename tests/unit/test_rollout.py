@@ -326,3 +326,23 @@ def test_controller_aborts_at_once_on_a_failed_check_and_extends_a_quiet_step() 
     aborted = controller.tick(now=quiet.step_started_at + 1)  # mid-step: a failure does not wait
     assert aborted is not None and aborted.state == "aborted" and "PSI" in aborted.decisions[-1].reason
     assert registry.holder == "1" and [m[0] for m in registry.moves] == ["rollout-start"]
+
+
+async def test_a_burst_on_a_slow_challenger_is_answered_by_the_champion_without_blaming_it(
+    app_client: Client,
+) -> None:
+    """Waiting for one of the challenger's threads is not the challenger's failure: when every thread is taken,
+    the champion answers and nothing is counted against the challenger (else anyone could abort a rollout)."""
+    run_rollout(app_client, challenger_model(delay_s=0.05), 100)
+    before = metric((await app_client.get("/metrics")).text, REQUESTS, "2", "error")
+    answers = await asyncio.gather(
+        *(
+            app_client.post("/predict", {"features": ROW}, headers={"X-Request-Id": f"b{i}"})
+            for i in range(40)
+        )
+    )
+    assert {a.status_code for a in answers} == {200}
+    versions = [a.headers["x-model-version"] for a in answers]
+    assert "1" in versions  # the threads were all taken: the champion answered those
+    after = metric((await app_client.get("/metrics")).text, REQUESTS, "2", "error")
+    assert after == before  # 50 ms is within the 100 ms deadline: no error, however many waited

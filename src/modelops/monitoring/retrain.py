@@ -39,7 +39,9 @@ DRIFT_GAUGE = "modelops_drift_detected"
 TRIGGER = "drift"
 # What a retraining adds to the trainer's flags; argparse keeps the last value of a repeated flag, so these
 # override whatever --promote the CronJob's template (or the local default) has.
-RETRAIN_ARGS = ("--promote", "rollout", "--trigger", TRIGGER)
+# A drift-triggered candidate must beat the champion by a margin (0.001 of the metric), not merely tie: retraining on
+# unchanged data gives the same model, which must not roll out again every cooldown on an outsider's drifted traffic.
+RETRAIN_ARGS = ("--promote", "rollout", "--trigger", TRIGGER, "--min-delta", "-0.001")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 

@@ -31,6 +31,12 @@ from modelops.serving.watcher import AliasWatcher
 log = logging.getLogger(__name__)
 
 BUCKETS = 10_000  # percentages to two decimals
+# Rows waiting in the shadow queue at most (about 24 MB at 30 float64 features), whatever the request count.
+SHADOW_QUEUE_MAX_ROWS = 100_000
+
+
+class ChallengerBusy(Exception):
+    """Every challenger thread is taken: the champion answers, and the challenger is not blamed."""
 
 
 def bucket(key: str) -> int:
@@ -138,15 +144,27 @@ class ChallengerRunner:
 
     def __init__(self, timeout_s: float, queue_requests: int, threads: int = 4) -> None:
         self.timeout_s = timeout_s
+        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="challenger")
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
+        self.queued_rows = 0
+        self.running = 0  # predictions in the pool, including timed-out ones still running
         self._task: asyncio.Task[None] | None = None
 
+    def _done(self, _: object) -> None:
+        self.running -= 1
+
     async def predict(self, model: LoadedModel, rows: np.ndarray) -> tuple[Prediction, float]:
-        """The challenger's prediction and its latency; raises on its failure or after the deadline."""
+        """The challenger's prediction and its latency; raises on its failure or after the deadline, and
+        ChallengerBusy (not the challenger's fault: not counted against it) when every thread is taken, so a
+        burst never turns waiting for a thread into challenger timeouts."""
+        if self.running >= self.threads:
+            raise ChallengerBusy(f"all {self.threads} challenger threads are busy")
         start = time.perf_counter()
+        self.running += 1
         future = asyncio.get_running_loop().run_in_executor(self.pool, model.predict, rows)
-        result = await asyncio.wait_for(future, self.timeout_s)
+        future.add_done_callback(self._done)
+        result = await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         if len(result.labels) != len(rows):
             raise ValueError(
                 f"challenger v{model.version} answered {len(result.labels)} labels for {len(rows)} rows"
@@ -155,16 +173,28 @@ class ChallengerRunner:
 
     def offer(self, model: LoadedModel, rows: np.ndarray, champion: Prediction) -> None:
         """Queue a copy for the challenger (shadow mode); dropped and counted when the queue is full."""
+        if (
+            self.queued_rows + len(rows) > SHADOW_QUEUE_MAX_ROWS
+        ):  # bounded by rows too: copies hold their rows
+            metrics.SHADOW_REQUESTS.labels("dropped").inc()
+            return
         try:
             self.queue.put_nowait(_Copy(model, rows, champion))
         except asyncio.QueueFull:
             metrics.SHADOW_REQUESTS.labels("dropped").inc()
+            return
+        self.queued_rows += len(rows)
 
     async def _shadow(self) -> None:
         while True:
             copy = await self.queue.get()
+            self.queued_rows -= len(copy.rows)
             try:
                 result, latency_s = await self.predict(copy.model, copy.rows)
+            except ChallengerBusy:
+                metrics.SHADOW_REQUESTS.labels("dropped").inc()
+                await asyncio.sleep(0.01)  # its threads are stuck (timed out, still running): let them finish
+                continue
             except TimeoutError:
                 metrics.SHADOW_REQUESTS.labels("timeout").inc()
                 metrics.VERSION_REQUESTS.labels(copy.model.version, "error").inc()

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from modelops.errors import InvalidInput, ModelError, ModelOpsError, VersionNotFound
+from modelops.errors import InvalidInput, ModelError, ModelNotReady, ModelOpsError, VersionNotFound
 from modelops.monitoring.drift import DriftMonitor
 from modelops.registry import Registry
 from modelops.rollout.manage import Rollouts
@@ -28,7 +28,7 @@ from modelops.rollout.state import parse_steps
 from modelops.serving import metrics
 from modelops.serving.batching import MicroBatcher
 from modelops.serving.model import LoadedModel, Prediction
-from modelops.serving.routing import ChallengerFollower, ChallengerRunner, selected
+from modelops.serving.routing import ChallengerBusy, ChallengerFollower, ChallengerRunner, selected
 from modelops.serving.store import ModelStore
 from modelops.serving.watcher import AliasWatcher
 from modelops.settings import ServerSettings
@@ -350,6 +350,8 @@ class ServingService:
         self._observe_drift(model, rows)
         try:
             result, latency_s = await self.challenger_runner.predict(challenger, rows)
+        except ChallengerBusy:  # a burst, not the challenger's fault: the champion answers, nothing counted
+            return model, await self.predict(model, rows, request_id)
         except Exception as exc:  # the client never sees the challenger fail: the champion answers
             metrics.version_series(challenger.version).errors.inc()
             log.debug("challenger v%s failed (%s): the champion answers", challenger.version, exc)
@@ -364,6 +366,8 @@ class ServingService:
             return await self.predict(model, rows, request_id)
         try:
             result, latency_s = await self.challenger_runner.predict(model, rows)
+        except ChallengerBusy as exc:
+            raise ModelNotReady(f"challenger v{model.version} is busy: {exc}") from None
         except TimeoutError:
             metrics.version_series(model.version).errors.inc()
             raise ModelError(f"challenger v{model.version} did not answer in time") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -36,4 +37,24 @@ def require_admin(
         raise AdminDisabled("the admin API is disabled: set MODELOPS_ADMIN_TOKEN on the server to enable it")
     if not service.is_admin(bearer_token(request)):
         raise Unauthorized("missing or wrong bearer token", field="Authorization")
+    return service
+
+
+def require_feedback(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> ServingService:
+    """The service, for a request with the feedback token or the admin token: labels train future models, so an
+    anonymous client must not write them. AdminDisabled (403) when neither token is configured."""
+    service = get_service(request)
+    settings = service.settings
+    if settings.feedback_token is None and service.admin_token is None:
+        raise AdminDisabled(
+            "POST /feedback is disabled: set MODELOPS_FEEDBACK_TOKEN (or MODELOPS_ADMIN_TOKEN) on the server"
+        )
+    token = bearer_token(request)
+    expected = settings.feedback_token.get_secret_value().encode() if settings.feedback_token else None
+    if token is not None and expected is not None and hmac.compare_digest(token.strip().encode(), expected):
+        return service
+    if not service.is_admin(token):
+        raise Unauthorized("missing or wrong bearer token (feedback or admin)", field="Authorization")
     return service

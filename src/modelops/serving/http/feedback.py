@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -19,9 +19,10 @@ from modelops.errors import InvalidInput
 from modelops.monitoring.feedback import FeedbackJoin
 from modelops.monitoring.predlog import FeedbackItem, PredictionLog
 from modelops.serving.http.body import load_json, read_body
-from modelops.serving.http.deps import get_service
+from modelops.serving.http.deps import require_feedback
 from modelops.serving.http.errors import json_response
 from modelops.serving.http.openapi import NUMBER, errors
+from modelops.serving.service import ServingService
 
 router = APIRouter(tags=["feedback"])
 
@@ -134,13 +135,14 @@ def parse_feedback(parsed: Any) -> list[FeedbackItem]:
     "/feedback",
     summary="Labels for answered predictions (joined by request id)",
     response_model=FeedbackResult,
-    responses=errors(400, 413, 415, 422),
+    responses=errors(400, 401, 403, 413, 415, 422),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}
     },
 )
-async def feedback(request: Request) -> Response:
-    service = get_service(request)
+async def feedback(
+    request: Request, service: Annotated[ServingService, Depends(require_feedback)]
+) -> Response:
     raw = await read_body(request, service.settings.max_body_bytes)
     items = parse_feedback(load_json(raw))
     join: FeedbackJoin = request.app.state.feedback

@@ -44,7 +44,7 @@ class RequestContext:
             return
         start = time.perf_counter()
         request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        if not REQUEST_ID.match(request_id):
+        if not REQUEST_ID.fullmatch(request_id):  # not match: `$` would let a trailing newline through
             request_id = uuid.uuid4().hex.encode()
         # handlers read it as request.state.request_id (the routing key of rollouts, the prediction log's id)
         scope.setdefault("state", {})["request_id"] = request_id.decode()
