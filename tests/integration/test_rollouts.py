@@ -225,6 +225,9 @@ def test_a_challenger_answering_nonsense_is_aborted_within_two_intervals_with_no
                 lambda r=replica: status(r).get("challenger_loaded") == challenger, 60, "challenger loaded"
             )
         loaded_at = time.time()
+        # the series the dashboard's rollout panel and the RolloutChallengerErrors rule read
+        share = f'modelops_rollout_percent{{mode="canary",version="{challenger}"}} 20.0'
+        assert all(share in httpx.get(f"{r.uri}/metrics").text for r in replicas)
         aborted = wait_state(replicas[0], "aborted", INTERVAL_S * 2 + 30, [driver, *replicas])
         took = time.time() - loaded_at
     assert load.errors() == [] and load.failures == [], (load.errors()[:5], load.failures[:5])

@@ -630,7 +630,7 @@ async def test_a_real_rollout_from_the_live_page_and_the_badges_it_leaves(http: 
         form = {"csrf": token, "steps": "50, 100", "interval_s": "60", "mode": "canary"}
         # the champion's own version: refused inline, naming the field, the values kept
         refused = await http.post("/ui/rollout/start", data={**form, "version": "1"})
-        assert refused.status_code == 422, refused.text
+        assert refused.status_code == 409, refused.text
         assert "Version: v1 is already the champion" in refused.text
         assert re.search(r'id="rollout-version"[^>]*value="1" aria-invalid="true"', refused.text)
         assert 'value="50, 100"' in refused.text and ROLLOUT_TAG not in registry.tags

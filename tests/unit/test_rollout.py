@@ -121,7 +121,8 @@ def test_scrape_differences_survive_a_replica_restart() -> None:
 
 def test_steps_are_validated() -> None:
     assert parse_steps("5,25,50,100") == (5, 25, 50, 100)
-    for bad in ("", "50,25,100", "5,50", "0,100", "x"):
+    assert parse_steps([50, 5, 100, 50]) == (5, 50, 100)  # in increasing order, each once
+    for bad in ("", "5,50", "0,100", "100,101", "x"):
         with pytest.raises(Exception, match="step"):
             parse_steps(bad)
 
@@ -242,7 +243,7 @@ async def test_admin_api_starts_one_rollout_at_a_time_and_aborts_it() -> None:
     registry = FakeRegistry()
     async for client in client_for(make_app(registry, model=small_model())):
         assert (await client.post("/rollout/start", {"version": "2"})).status_code == 401
-        bad = await client.post("/rollout/start", {"version": "2", "steps": [50, 10]}, headers=AUTH)
+        bad = await client.post("/rollout/start", {"version": "2", "steps": [50, 10]}, headers=AUTH)  # no 100
         assert bad.status_code == 422 and error(bad)["field"] == "steps"
         assert error(await client.post("/rollout/start", {"steps": [5]}, headers=AUTH))["field"] == "version"
         assert (
@@ -251,7 +252,7 @@ async def test_admin_api_starts_one_rollout_at_a_time_and_aborts_it() -> None:
         assert (await client.post("/rollout/start", {"version": "9"}, headers=AUTH)).status_code == 404
         assert (
             await client.post("/rollout/start", {"version": "1"}, headers=AUTH)
-        ).status_code == 422  # champion
+        ).status_code == 409  # already the champion: a conflict with the registry
         started = await client.post(
             "/rollout/start", {"version": "2", "steps": [10, 50, 100], "interval_s": 30}, headers=AUTH
         )

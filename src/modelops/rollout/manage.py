@@ -81,8 +81,10 @@ class Rollouts:
                 f"no version holds {self.champion.alias!r}: deploy one before rolling out", field="version"
             )
         target = self.champion.get_version(version)
-        if target.version == champion.version:
-            raise InvalidInput(f"v{version} is already the champion", field="version")
+        if (
+            target.version == champion.version
+        ):  # a conflict with the registry's state, as a running rollout is
+            raise RolloutConflict(f"v{version} is already the champion", field="version")
         state = new_rollout(target.version, champion.version, mode, steps, interval_s, self.who)
         self.challenger.set_alias(target.version, action="rollout-start", why=f"rollout {state.id} ({mode})")
         return self.save(state)

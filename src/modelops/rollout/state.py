@@ -7,7 +7,6 @@ share of traffic and the mode.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -88,18 +87,17 @@ class RolloutState:
 
 
 def parse_steps(value: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
-    """Traffic percentages of a rollout's steps: increasing, 1..100, ending at 100."""
+    """Traffic percentages of a rollout's steps, 1..100, one of them 100 (the whole traffic, after which the
+    challenger is promoted); taken in increasing order, duplicates once."""
     try:
         steps = tuple(int(p) for p in (value.split(",") if isinstance(value, str) else value))
     except (TypeError, ValueError):
         raise InvalidInput("steps must be whole percentages, e.g. 5,25,50,100", field="steps") from None
     if not steps or any(not 1 <= p <= 100 for p in steps):
         raise InvalidInput("every step must be a percentage between 1 and 100", field="steps")
-    if any(b <= a for a, b in itertools.pairwise(steps)):
-        raise InvalidInput("steps must increase, e.g. 5,25,50,100", field="steps")
-    if steps[-1] != 100:
+    if 100 not in steps:
         raise InvalidInput("the last step must be 100 (the whole traffic)", field="steps")
-    return steps
+    return tuple(sorted(set(steps)))
 
 
 def new_rollout(

@@ -132,6 +132,8 @@ SHADOW_ROWS = Counter(
     "Shadow rows by whether the challenger's label agreed with the champion's",
     ["agreement"],
 )
+for _agreement in ("agree", "disagree"):
+    SHADOW_ROWS.labels(_agreement)
 SHADOW_ABS_DELTA = Counter(
     "modelops_shadow_abs_delta_p",
     "Sum over shadow rows of |challenger - champion| positive-class probability",
@@ -201,11 +203,15 @@ def observe_version(version: str, labels: Any, probabilities: Any, latency_s: fl
             child.inc(count)
     if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] >= 1:
         if len(probabilities) == 1:
-            series.scores[min(max(int(probabilities[0, -1] * SCORE_BINS), 0), SCORE_BINS - 1)].inc()
+            p = float(probabilities[0, -1])
+            if p == p:  # not NaN (a model can answer NaN for extreme inputs: such rows get no bin)
+                series.scores[min(max(int(p * SCORE_BINS), 0), SCORE_BINS - 1)].inc()
         else:
             import numpy as np
 
-            bins = np.clip((probabilities[:, -1] * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+            positive = probabilities[:, -1]
+            positive = positive[np.isfinite(positive)]
+            bins = np.clip((positive * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
             for b, count in enumerate(np.bincount(bins, minlength=SCORE_BINS).tolist()):
                 if count:
                     series.scores[b].inc(count)

@@ -176,7 +176,9 @@ def rollout_start_request() -> dict[str, Any]:
                 "items": {"type": "integer", "minimum": 1, "maximum": 100},
                 "minItems": 1,
                 "maxItems": 100,
-                "description": "Increasing traffic percentages ending at 100 (default: the server's).",
+                "contains": {"const": 100},
+                "description": "Traffic percentages, one of them 100, taken in increasing order (default: the "
+                "server's).",
             },
             "interval_s": {"type": "number", "minimum": 1, "maximum": 86400, "description": "Step length."},
             "mode": {"type": "string", "enum": ["canary", "shadow"]},
