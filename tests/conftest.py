@@ -64,3 +64,9 @@ def csv_file(tmp_path: Path) -> Path:
     path = tmp_path / "data.csv"
     frame.rename(columns={"target": "label"}).to_csv(path, index=False)
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests last (in their collected order): Playwright's sync API keeps an event loop running in the main
+    thread for the rest of the session, and every asyncio test (anyio, asyncio.run) after it would fail."""
+    items.sort(key=lambda item: Path(str(item.fspath)).parent.name == "browser")

@@ -23,6 +23,10 @@ def _text(value: Any, field: str) -> str | None:
     """A version or run id from the body: a string (or, for a version, an integer), or None when absent."""
     if value is None:
         return None
+    if (
+        isinstance(value, float) and value.is_integer() and 0 <= value < 1e18
+    ):  # JSON Schema: 2.0 is an integer
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidInput(f"{field} must be a string", field=field)
     return str(value)
