@@ -495,3 +495,16 @@ async def test_openapi_request_bodies_describe_the_served_model(client: Client) 
     assert one_row[1]["required"] == COLUMNS
     tensor = schemas["V2InferRequest"]["properties"]["inputs"]["items"]
     assert tensor["properties"]["name"]["enum"] == ["input-0"]
+
+
+async def test_a_number_just_past_float64s_bound_is_refused_and_the_bound_itself_is_not(
+    client: Client,
+) -> None:
+    """The documented bound is 1.7976931348623157e308; an integer a hair above it (which the JSON parser rounds
+    to the largest float) is not a number the model can get: 422 naming it, as for 1e999."""
+    past = "17976931348623157" + "0" * 291 + "1"  # 309 digits: just over 17976931348623157 * 10**292
+    body = ('{"features": [0.2, ' + past + ", 0.6]}").encode()
+    refused = await client.post("/predict", content=body)
+    assert refused.status_code == 422 and error(refused)["field"] == "features[1]", refused.text
+    edge = await client.post("/predict", {"features": [0.2, 1.7976931348623157e308, 0.6]})
+    assert edge.status_code == 200, edge.text

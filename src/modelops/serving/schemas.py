@@ -251,8 +251,40 @@ def _to_matrix(rows: list[Any], model: LoadedModel, field: str, single: bool, st
     return x
 
 
+# The documented bound of every number (1.7976931348623157e308), as the decimal it is written as: schema validators
+# compare big JSON integers against that decimal, a hair below the binary float's true maximum.
+FLOAT64_MAX = 1.7976931348623157e308
+FLOAT64_MAX_INT = 17976931348623157 * 10**292
+
+
+def parse_json_int(text: str) -> int | float:
+    """A JSON integer for Python's json parser: exact while float64 can hold it near enough, else a float;
+    past the documented bound, infinity (so validation names it as not finite instead of predicting on the
+    largest float, which it rounds to)."""
+    digits = len(text) - (text[0] == "-")
+    if digits <= 19:
+        return int(text)
+    if digits > 400:
+        return float(text)  # overflows to infinity
+    value = int(text)
+    if abs(value) > FLOAT64_MAX_INT:
+        return math.inf if value > 0 else -math.inf
+    return float(value)
+
+
 def parse_predict(body: Any, model: LoadedModel, max_rows: int, raw: bytes) -> tuple[np.ndarray, bool]:
     """(rows as float64 N x F, single-row request?) or InvalidInput naming the field."""
+    x, single = _parse_predict(body, model, max_rows, raw)
+    if x.size and float(np.abs(x).max()) >= FLOAT64_MAX:
+        # A value at float64's very edge: it may have been written past the bound (a 309-digit integer, which
+        # the fast parser rounds to the largest float). Read the body again, exactly, to tell (rare: slow is fine).
+        import json
+
+        x, single = _parse_predict(json.loads(raw, parse_int=parse_json_int), model, max_rows, raw)
+    return x, single
+
+
+def _parse_predict(body: Any, model: LoadedModel, max_rows: int, raw: bytes) -> tuple[np.ndarray, bool]:
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object with 'features' or 'instances'", field="body")
     has_features, has_instances = "features" in body, "instances" in body

@@ -122,6 +122,8 @@ async def rollout_start(
     if version is None:
         raise InvalidInput("version is required", field="version")
     steps = parsed.get("steps")
+    if isinstance(steps, list):  # JSON Schema counts 50.0 as an integer
+        steps = [int(p) if isinstance(p, float) and p.is_integer() else p for p in steps]
     if steps is not None and (
         not isinstance(steps, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in steps)
     ):

@@ -10,10 +10,10 @@ from fastapi import Request
 
 from modelops.errors import PayloadTooLarge
 from modelops.serving.http.errors import MalformedJSON, UnsupportedMediaType
+from modelops.serving.schemas import parse_json_int
 
 # Integers longer than this are parsed as floats, like orjson does past 64 bits: a 5,000-digit integer is then
 # +-inf (refused as non-finite, as 1e400 is) instead of tripping Python's int-to-str digit limit.
-MAX_INT_DIGITS = 19
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -38,11 +38,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_int(text: str) -> int | float:
-    digits = len(text) - (text[0] == "-")
-    return int(text) if digits <= MAX_INT_DIGITS else float(text)
-
-
 def load_json(raw: bytes) -> Any:
     """Parse a JSON body; MalformedJSON (400) when it is not JSON we can answer.
 
@@ -56,7 +51,7 @@ def load_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         error = exc
     try:
-        value = json.loads(raw, parse_int=_parse_int)
+        value = json.loads(raw, parse_int=parse_json_int)
         orjson.dumps(value)  # refuses lone surrogates in strings and keys, and nesting past 254 levels
     except (ValueError, TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError
         raise MalformedJSON(f"malformed JSON: {error}", field="body") from None

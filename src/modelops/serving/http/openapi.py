@@ -7,6 +7,7 @@ routes name a component (`body("PredictRequest")`) and `OpenAPIDocument` fills t
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
@@ -254,5 +255,13 @@ class OpenAPIDocument:
         schemas["DeployRequest"] = deploy_request()
         schemas["RolloutStartRequest"] = rollout_start_request()
         schemas["RolloutActionRequest"] = rollout_action_request()
+        feedback = document.get("paths", {}).get("/feedback", {}).get("post")
+        if feedback is not None:
+            # as many labels as always fit the body limit: a label item is at most ~2 kB of JSON (a 128-character
+            # request id, a 256-character label escaped as \uXXXX), so a batch the document allows is never a 413
+            feedback["requestBody"] = copy.deepcopy(feedback["requestBody"])  # never the route's own dicts
+            body = feedback["requestBody"]["content"]["application/json"]["schema"]
+            batch = next(s for s in body["anyOf"] if s.get("type") == "array")
+            batch["maxItems"] = max(1, min(batch["maxItems"], self.service.settings.max_body_bytes // 2048))
         self._cached = (key, document)
         return document
