@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
-from modelops.errors import InvalidInput, PayloadTooLarge
+from modelops.errors import InvalidInput
+from modelops.serving.http.body import read_body
 from modelops.serving.model import LoadedModel
 from modelops.serving.schemas import parse_predict
 
@@ -28,18 +29,10 @@ async def read_form(request: Request, limit: int = MAX_FORM_BYTES) -> dict[str, 
     if kind != "application/x-www-form-urlencoded":
         # not a form (JSON, multipart, nothing): no fields, so no CSRF token either and the POST is refused
         return {}
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the form is over the limit of {limit} bytes", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the form is over the limit of {limit} bytes", field="body")
-        chunks.append(chunk)
+    raw = await read_body(request, limit)  # the API's bounded reader: the same limits and errors
     try:
         pairs = urllib.parse.parse_qsl(
-            b"".join(chunks).decode("utf-8"),
+            raw.decode("utf-8"),
             keep_blank_values=True,
             strict_parsing=False,
             max_num_fields=MAX_FIELDS,

@@ -159,19 +159,24 @@ def infer_request(model: LoadedModel | None, max_rows: int) -> dict[str, Any]:
     }
 
 
+def version_number(description: str) -> dict[str, Any]:
+    """A registered version in a request body: a string of digits, or an integer (both within MLflow's int64)."""
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+        ],
+        "description": description,
+    }
+
+
 def rollout_start_request() -> dict[str, Any]:
     return {
         "title": "RolloutStartRequest",
         "type": "object",
         "required": ["version"],
         "properties": {
-            "version": {
-                "anyOf": [
-                    {"type": "string", "pattern": "^[0-9]{1,18}$"},
-                    {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
-                ],
-                "description": "Registered version to roll out as the challenger.",
-            },
+            "version": version_number("Registered version to roll out as the challenger."),
             "steps": {
                 "type": "array",
                 "items": {"type": "integer", "minimum": 1, "maximum": 100},
@@ -205,13 +210,7 @@ def deploy_request() -> dict[str, Any]:
         "description": "Exactly one of `version` and `run_id` (or the `run_id` query parameter).",
         "type": "object",
         "properties": {
-            "version": {
-                "anyOf": [
-                    {"type": "string", "pattern": "^[0-9]{1,18}$"},
-                    {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
-                ],
-                "description": "Registered version to serve.",
-            },
+            "version": version_number("Registered version to serve."),
             "run_id": {
                 "type": "string",
                 "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_\-]{0,255}$",
