@@ -156,11 +156,12 @@ class MlflowService(Service):
         )
 
     def grant(self, model_name: str) -> None:
-        """Create `model_name` owned by no principal and grant trainer + operator on it (as the chart's
-        `modelops auth bootstrap` does for the configured model)."""
+        """Create `model_name` and the experiments, owned by no principal, and grant trainer + operator on them
+        (as the chart's `modelops auth bootstrap` does for the configured model and experiment; the tests'
+        trainer writes to the experiment `tests`)."""
         from modelops.auth import grant_model
 
-        grant_model(self.auth_db_uri, model_name, self.backend_uri)
+        grant_model(self.auth_db_uri, model_name, self.backend_uri, experiment="tests")
 
 
 def mlflow_server(

@@ -4,7 +4,8 @@ One principal per role, least privilege (MLflow's basic-auth app, `default_permi
 - `trainer`: creates runs (it owns the experiments it creates), registers versions and moves the alias
   when it promotes (EDIT on the registered model);
 - `model-server`: reads only (the alias, versions, artifacts): the default READ permission;
-- `operator`: the UI, deploy and rollback (EDIT on the registered model);
+- `operator`: the UI, deploy, rollback and rollouts (EDIT on the registered model); it writes the prediction log and
+  the rollout reports into the trainer's runs (EDIT on those two experiments);
 - `admin`: manages users only; used by nothing that runs continuously.
 No credential has a default: every password is generated (locally into files of mode 0600) or supplied.
 """
@@ -29,6 +30,10 @@ OPERATOR = "operator"
 PRINCIPALS = (TRAINER, MODEL_SERVER, OPERATOR)
 # Grants on the registered model beyond the default READ.
 MODEL_GRANTS = {TRAINER: "EDIT", OPERATOR: "EDIT"}
+PREDICTION_LOG_EXPERIMENT = "modelops-prediction-log"
+DEFAULT_EXPERIMENT = "modelops"
+# Where `mlflow server --serve-artifacts` puts an experiment's artifacts (no --default-artifact-root given).
+SERVED_ARTIFACT_ROOT = "mlflow-artifacts:/"
 FLASK_SECRET = "flask-secret-key"
 
 
@@ -62,6 +67,46 @@ def create_registered_model(backend_store_uri: str, model_name: str) -> bool:
         return True
 
 
+def experiment_grants(training_experiment: str) -> dict[str, dict[str, str]]:
+    """The experiments the platform writes to and the grants on each beyond READ: the trainer's runs (the operator
+    adds rollout reports to a challenger's run) and the prediction log (written by the servers as the operator).
+    The bootstrap creates them owned by no principal, so no principal can take their names first and own them."""
+    return {
+        training_experiment: {TRAINER: "EDIT", OPERATOR: "EDIT"},
+        PREDICTION_LOG_EXPERIMENT: {OPERATOR: "EDIT"},
+    }
+
+
+def create_experiments(backend_store_uri: str, names: list[str]) -> dict[str, str]:
+    """The experiments `names` (created straight in MLflow's database if missing, with the artifact location
+    the tracking server itself would give them): name -> experiment id."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(backend_store_uri, SERVED_ARTIFACT_ROOT)
+    ids = {}
+    for name in names:
+        found = store.get_experiment_by_name(name)
+        ids[name] = str(found.experiment_id) if found is not None else str(store.create_experiment(name))
+    return ids
+
+
+def grant_experiments(database_uri: str, ids: dict[str, str], grants: dict[str, dict[str, str]]) -> list[str]:
+    """Set each principal's permission on each experiment (`ids`: name -> id). Idempotent; it also lowers a
+    principal that owns one (MANAGE, from having created it) to what it needs."""
+    from mlflow.exceptions import MlflowException
+
+    store = _auth_store(database_uri)
+    done = []
+    for name, experiment_id in ids.items():
+        for user, permission in grants.get(name, {}).items():
+            try:
+                store.create_experiment_permission(experiment_id, user, permission)
+            except MlflowException:
+                store.update_experiment_permission(experiment_id, user, permission)
+            done.append(f"{user}: {permission} on experiment {name}")
+    return done
+
+
 def _auth_store(database_uri: str) -> Any:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
@@ -88,9 +133,15 @@ def ensure_users(database_uri: str, admin_password: str, passwords: dict[str, st
     return done
 
 
-def grant_model(database_uri: str, model_name: str, backend_store_uri: str | None = None) -> list[str]:
+def grant_model(
+    database_uri: str,
+    model_name: str,
+    backend_store_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+) -> list[str]:
     """The principals' grants on `model_name`; with `backend_store_uri`, also create the registered model
-    itself (see create_registered_model). Idempotent."""
+    itself (see create_registered_model) and the experiments the platform writes to, with their grants
+    (see experiment_grants). Idempotent."""
     from mlflow.exceptions import MlflowException
 
     store = _auth_store(database_uri)
@@ -101,8 +152,11 @@ def grant_model(database_uri: str, model_name: str, backend_store_uri: str | Non
         except MlflowException:
             store.update_registered_model_permission(model_name, user, permission)
         done.append(f"{user}: {permission} on registered model {model_name}")
-    if backend_store_uri and create_registered_model(backend_store_uri, model_name):
-        done.append(f"registered model {model_name}: created")
+    if backend_store_uri:
+        if create_registered_model(backend_store_uri, model_name):
+            done.append(f"registered model {model_name}: created")
+        grants = experiment_grants(experiment)
+        done += grant_experiments(database_uri, create_experiments(backend_store_uri, list(grants)), grants)
     return done
 
 
@@ -112,10 +166,12 @@ def bootstrap(
     admin_password: str,
     passwords: dict[str, str],
     backend_store_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
 ) -> list[str]:
-    """Users and passwords (ensure_users), then grants and the registered model (grant_model). Idempotent."""
+    """Users and passwords (ensure_users), then grants, the registered model and the experiments (grant_model).
+    Idempotent."""
     return ensure_users(database_uri, admin_password, passwords) + grant_model(
-        database_uri, model_name, backend_store_uri
+        database_uri, model_name, backend_store_uri, experiment
     )
 
 

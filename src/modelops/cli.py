@@ -449,6 +449,11 @@ def _add_security(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--backend-store-uri", default=None, help="MLflow tracking database [the same as --database-uri]"
     )
     a.add_argument("--model-name", default=TrainerSettings().model_name, help="registered model to grant on")
+    a.add_argument(
+        "--experiment",
+        default=TrainerSettings().experiment,
+        help="the trainer's experiment (created, with the prediction log's, owned by no principal)",
+    )
     a.set_defaults(func=_cmd_auth)
     k = sub.add_parser("keys", help="model-signing keys")
     k.add_argument("action", choices=("generate",), help="a new elliptic-curve (P-256) key pair")
@@ -475,6 +480,7 @@ def _cmd_auth(args: argparse.Namespace) -> int:
         settings.admin_password.get_secret_value() if settings.admin_password else "",
         {name: value.get_secret_value() if value else "" for name, value in secrets.items()},
         backend_store_uri=args.backend_store_uri or args.database_uri,
+        experiment=args.experiment,
     )
     print("\n".join(done))
     return 0

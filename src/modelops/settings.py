@@ -218,6 +218,17 @@ class ServerSettings(RolloutSettings):
         gt=0,
         description="Requests waiting for the challenger in shadow mode; more are dropped.",
     )
+    fault_challenger_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Fault injection for rehearsals: extra latency of every challenger prediction (0: off).",
+    )
+    fault_challenger_error_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Fault injection for rehearsals: share of challenger predictions that fail (0: off).",
+    )
 
     poll_interval_s: float = Field(default=10.0, gt=0, description="How often to check the alias.")
     poll_backoff_max_s: float = Field(

@@ -97,6 +97,7 @@ class FakeRegistry:
     # shared by the copies for_alias makes: the other aliases' holders and the registered model's tags
     aliases: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    run_artifacts: dict[tuple[str, str], bytes] = field(default_factory=dict)
     writer: Any = field(default_factory=lambda: type("Writer", (), {"username": "operator"})())
 
     def for_alias(self, alias: str) -> FakeRegistry:
@@ -111,6 +112,9 @@ class FakeRegistry:
 
     def set_model_tag(self, key: str, value: str) -> None:
         self.tags[key] = value
+
+    def put_run_artifact(self, run_id: str, path: str, data: bytes) -> None:
+        self.run_artifacts[(run_id, path)] = data
 
     def get_version(self, version: str) -> VersionInfo:
         self.calls.append(f"get_version {version}")

@@ -4,6 +4,7 @@ API on a fake registry, the analysis' statistics and the controller's decisions.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,6 +17,9 @@ from modelops.rollout.analysis import (
     LATENCY,
     REQUESTS,
     SCORES,
+    SHADOW_ABS_DELTA,
+    SHADOW_REQUESTS,
+    SHADOW_ROWS,
     Key,
     Thresholds,
     VersionWindow,
@@ -327,6 +331,37 @@ def test_controller_aborts_at_once_on_a_failed_check_and_extends_a_quiet_step() 
     aborted = controller.tick(now=quiet.step_started_at + 1)  # mid-step: a failure does not wait
     assert aborted is not None and aborted.state == "aborted" and "PSI" in aborted.decisions[-1].reason
     assert registry.holder == "1" and [m[0] for m in registry.moves] == ["rollout-start"]
+
+
+def test_every_decision_writes_the_report_into_the_challengers_run() -> None:
+    """JSON (the whole state) and Markdown, with the shadow comparison, at start and at each decision."""
+    registry = FakeRegistry()
+    rollouts, source = Rollouts(registry, "challenger"), Windows()  # type: ignore[arg-type]
+    state = rollouts.start("2", "shadow", (50, 100), 60)
+    json_path, md_path = f"rollout/{state.id}/report.json", f"rollout/{state.id}/report.md"
+    assert {path for _, path in registry.run_artifacts} == {json_path, md_path}
+    assert all(run == "run2" for run, _ in registry.run_artifacts)  # v2's run, not the champion's
+    source.next = {
+        **window_for("1", 1000, 0, 0.004, SPREAD),
+        **window_for("2", 100, 0, 0.004, SPREAD),
+        (SHADOW_ROWS, "", "agree"): 90.0,
+        (SHADOW_ROWS, "", "disagree"): 10.0,
+        (SHADOW_ABS_DELTA, "", ""): 3.0,
+        (SHADOW_REQUESTS, "", "compared"): 100.0,
+        (SHADOW_REQUESTS, "", "dropped"): 4.0,
+    }
+    after = Controller(rollouts, source, LIMITS).tick(now=state.step_started_at + 61)
+    assert after is not None and after.step == 1
+    body = json.loads(registry.run_artifacts[("run2", json_path)])
+    assert body["decisions"][-1]["verdict"] == "pass" and body["step"] == 1
+    assert body["shadow"]["agreement_rate"] == 0.9 and body["shadow"]["mean_abs_delta_p"] == 0.03
+    assert body["shadow"]["copies"]["dropped"] == 4.0
+    page = registry.run_artifacts[("run2", md_path)].decode()
+    assert page.startswith(f"# Rollout {state.id}: v2 over v1 (shadow): running")
+    assert "| 100 | 0.9 | 0.03 | 100 | 4 | 0 | 0 |" in page  # the shadow table's row
+    assert page.count("| pass |") == 1 and "| start |" in page
+    rollouts.abort("enough")
+    assert json.loads(registry.run_artifacts[("run2", json_path)])["state"] == "aborted"
 
 
 async def test_a_burst_on_a_slow_challenger_is_answered_by_the_champion_without_blaming_it(

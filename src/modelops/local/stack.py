@@ -18,22 +18,26 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import httpx
 
 from modelops.auth import (
     ADMIN,
+    DEFAULT_EXPERIMENT,
     FLASK_SECRET,
     MODEL_SERVER,
     OPERATOR,
     TRAINER,
     auth_config,
     bootstrap,
+    experiment_grants,
+    grant_experiments,
     local_credentials,
     local_signing_keys,
     private_dir,
 )
-from modelops.errors import ConfigError, StartupFailed
+from modelops.errors import ConfigError, StartupFailed, VersionNotFound
 from modelops.local.processes import Child, group_alive, require_free_ports, stop_group
 from modelops.settings import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from modelops.waiting import NotYet, wait_until
@@ -154,7 +158,8 @@ def _secure_registry(config: StackConfig) -> dict[str, str]:
 
 
 def _create_registered_model(config: StackConfig, admin_password: str) -> None:
-    """The registered model, created by the admin so that no principal owns it (see modelops.auth)."""
+    """The registered model and the experiments the platform writes to, created by the admin so that no
+    principal owns them, and the principals' grants on the experiments (see modelops.auth)."""
     from pydantic import SecretStr
 
     from modelops.errors import RegistryError
@@ -166,6 +171,15 @@ def _create_registered_model(config: StackConfig, admin_password: str) -> None:
     except RegistryError as exc:
         if "already exists" not in exc.message:
             raise
+    grants = experiment_grants(DEFAULT_EXPERIMENT)
+    ids = {}
+    for name in grants:
+        try:
+            found = writer.call("GET", f"experiments/get-by-name?experiment_name={quote(name)}", {})
+            ids[name] = str(found["experiment"]["experiment_id"])
+        except VersionNotFound:
+            ids[name] = str(writer.post("experiments/create", {"name": name})["experiment_id"])
+    grant_experiments(f"sqlite:///{config.home.resolve() / 'basic_auth.db'}", ids, grants)
 
 
 def _children(config: StackConfig, token: str, credentials: dict[str, str]) -> tuple[Child, Child, Child]:
@@ -318,7 +332,7 @@ def _ensure_champion(config: StackConfig, progress: Progress, trainer_password: 
     options = TrainOptions(
         tracking_uri=config.mlflow_url,
         model_name=config.model_name,
-        experiment="modelops",
+        experiment=DEFAULT_EXPERIMENT,
         alias=config.alias,
         wait_s=30,
         signing_key_path=config.home.resolve() / "keys" / "signing-key.pem",

@@ -9,8 +9,10 @@ Answer record: {"request_id", "row", "ts", "model", "version", "inputs": {column
 
 Through MLflow's artifact proxy (`mlflow-artifacts:/<path>`), the root is `<path>` inside the artifact root of
 the experiment `PREDICTION_LOG_EXPERIMENT`: with MLflow's basic-auth app (default permission READ) only an
-admin may upload to a path that names no experiment, while the principal that creates an experiment (or one
-granted EDIT on it) may upload under `<experiment_id>/`. Every principal may read it (default READ).
+admin may upload to a path that names no experiment, while a principal granted EDIT on the experiment (the
+operator: `modelops auth bootstrap` creates the experiment and grants it) may upload under `<experiment_id>/`.
+Without the bootstrap (MLflow without auth) the writer creates the experiment itself. Every principal may read it
+(default READ).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from modelops.auth import PREDICTION_LOG_EXPERIMENT
 from modelops.errors import ConfigError
 from modelops.monitoring import metrics
 
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREDICTION_LOG_EXPERIMENT = "modelops-prediction-log"
 FEEDBACK_DIR = "feedback"
 SUFFIX = ".jsonl.gz"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

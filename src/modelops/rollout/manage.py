@@ -7,14 +7,17 @@ When a rollout ends the challenger alias stays on the version last rolled out: r
 the registered model, which would also let its holder delete the model, and the principal that drives rollouts
 (the operator, whose credential model servers hold) must not have that. Replicas route to the challenger only while
 the state says `running`, so the alias left behind is a label, not traffic.
+
+Every decision also writes the rollout report (report.py) into the challenger's MLflow run.
 """
 
 from __future__ import annotations
 
 import logging
 
-from modelops.errors import InvalidInput, RolloutConflict
+from modelops.errors import InvalidInput, ModelOpsError, RolloutConflict
 from modelops.registry import Registry
+from modelops.rollout import report
 from modelops.rollout.state import ABORTED, PROMOTED, ROLLOUT_TAG, RolloutState, new_rollout
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,21 @@ class Rollouts:
                 last.percent,
                 last.reason,
             )
+        self.report(state)
         return state
+
+    def report(self, state: RolloutState) -> None:
+        """Write the rollout report into the challenger's run (best effort: a registry that refuses or is down
+        costs the report, never the decision, which is already saved)."""
+        try:
+            run_id = self.champion.get_version(state.version).run_id
+            if not run_id:
+                return
+            json_path, markdown_path = report.paths(state)
+            self.champion.put_run_artifact(run_id, json_path, report.as_json(state))
+            self.champion.put_run_artifact(run_id, markdown_path, report.as_markdown(state))
+        except ModelOpsError as exc:
+            log.warning("rollout %s: no report in v%s's run: %s", state.id, state.version, exc.message)
 
     def start(self, version: str, mode: str, steps: tuple[int, ...], interval_s: float) -> RolloutState:
         """Point the challenger alias at `version` and start at the first step. One rollout at a time."""

@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -139,11 +141,40 @@ class ChallengerFollower:
         self._drop()
 
 
+@dataclass(frozen=True)
+class Faults:
+    """Faults injected into the challenger's predictions (settings `fault_challenger_*`), so that an operator
+    can rehearse a bad rollout (and the tests run one) with any model: the rollout must abort, and no client may
+    see the faults. They never touch the champion."""
+
+    delay_s: float = 0.0
+    error_rate: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.delay_s > 0 or self.error_rate > 0
+
+    def wrap(self, model: LoadedModel) -> Callable[[np.ndarray], Prediction]:
+        if not self:
+            return model.predict
+
+        def predict(rows: np.ndarray) -> Prediction:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            if random.random() < self.error_rate:  # a rehearsal's dice, not a secret
+                raise RuntimeError(f"injected fault (challenger v{model.version})")
+            return model.predict(rows)
+
+        return predict
+
+
 class ChallengerRunner:
     """Runs challenger predictions in their own threads with a deadline, and shadow copies from a bounded queue."""
 
-    def __init__(self, timeout_s: float, queue_requests: int, threads: int = 4) -> None:
+    def __init__(
+        self, timeout_s: float, queue_requests: int, threads: int = 4, faults: Faults | None = None
+    ) -> None:
         self.timeout_s = timeout_s
+        self.faults = faults or Faults()
         self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="challenger")
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
@@ -162,7 +193,7 @@ class ChallengerRunner:
             raise ChallengerBusy(f"all {self.threads} challenger threads are busy")
         start = time.perf_counter()
         self.running += 1
-        future = asyncio.get_running_loop().run_in_executor(self.pool, model.predict, rows)
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self.faults.wrap(model), rows)
         future.add_done_callback(self._done)
         result = await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
         if len(result.labels) != len(rows):

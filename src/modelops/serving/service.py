@@ -28,7 +28,7 @@ from modelops.rollout.state import parse_steps
 from modelops.serving import metrics
 from modelops.serving.batching import MicroBatcher
 from modelops.serving.model import LoadedModel, Prediction
-from modelops.serving.routing import ChallengerBusy, ChallengerFollower, ChallengerRunner, selected
+from modelops.serving.routing import ChallengerBusy, ChallengerFollower, ChallengerRunner, Faults, selected
 from modelops.serving.store import ModelStore
 from modelops.serving.watcher import AliasWatcher
 from modelops.settings import ServerSettings
@@ -190,8 +190,16 @@ class ServingService:
         # the challenger is loaded (and verified) by the same loader as the champion
         self.follower = ChallengerFollower(self.rollouts.challenger, watcher, settings.poll_interval_s)
         self.challenger_runner = ChallengerRunner(
-            settings.challenger_timeout_ms / 1000, settings.shadow_queue_requests
+            settings.challenger_timeout_ms / 1000,
+            settings.shadow_queue_requests,
+            faults=Faults(settings.fault_challenger_delay_ms / 1000, settings.fault_challenger_error_rate),
         )
+        if self.challenger_runner.faults:
+            log.warning(
+                "fault injection (rehearsal) is on: every challenger prediction +%g ms, %g%% of them fail",
+                settings.fault_challenger_delay_ms,
+                settings.fault_challenger_error_rate * 100,
+            )
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, registry: Registry | None = None) -> ServingService:
