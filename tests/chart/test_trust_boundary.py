@@ -132,6 +132,8 @@ def test_auth_bootstrap_runs_after_the_schema_wait(render: Render, stem: str) ->
         database_uri,
         "--model-name",
         "ModelOpsStudioModel",
+        "--experiment",  # the trainer's (training.experiment): created owned by no principal, operator may write
+        "modelops",
     ]
     env = env_of(bootstrap)
     assert set(env) == {
@@ -149,11 +151,11 @@ def test_auth_bootstrap_runs_after_the_schema_wait(render: Render, stem: str) ->
         "MODELOPS_AUTH_MODEL_SERVER_PASSWORD": (secret, "mlflow-model-server-password"),
         "MODELOPS_AUTH_OPERATOR_PASSWORD": (secret, "mlflow-operator-password"),
     }
-    model = render(values_file(stem), sets=("model.name=Churn",))
+    model = render(values_file(stem), sets=("model.name=Churn", "training.experiment=churn-runs"))
     bootstrap = next(
         c for c in containers(find(model, "Deployment", "mlflow")) if c["name"] == "auth-bootstrap"
     )
-    assert bootstrap["args"][-2:] == ["--model-name", "Churn"]
+    assert bootstrap["args"][-4:] == ["--model-name", "Churn", "--experiment", "churn-runs"]
 
 
 @pytest.mark.parametrize("stem", VALUE_SETS)
