@@ -125,16 +125,19 @@ def test_auth_bootstrap_runs_after_the_schema_wait(render: Render, stem: str) ->
     assert names.index("auth-bootstrap") == names.index("wait-for-schema") + 1
     bootstrap = init[names.index("auth-bootstrap")]
     database_uri = init[names.index("wait-for-schema")]["args"][3]
-    assert bootstrap["args"] == [
-        "auth",
-        "bootstrap",
-        "--database-uri",
-        database_uri,
-        "--model-name",
-        "ModelOpsStudioModel",
-        "--experiment",  # the trainer's (training.experiment): created owned by no principal, operator may write
-        "modelops",
-    ]
+    assert (
+        bootstrap["args"]
+        == [
+            "auth",
+            "bootstrap",
+            "--database-uri",
+            database_uri,
+            "--model-name",
+            "ModelOpsStudioModel",
+            "--experiment",  # the trainer's (training.experiment): created owned by no principal, operator may write
+            "modelops",
+        ]
+    )
     env = env_of(bootstrap)
     assert set(env) == {
         "PGPASSWORD",

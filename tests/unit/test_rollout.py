@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -240,6 +240,44 @@ async def test_shadow_copies_are_compared_and_a_stalled_challenger_never_delays_
         text = (await client.get("/metrics")).text
         assert metric(text, "modelops_shadow_requests_total", "", "dropped") > 0
         assert elapsed < 2.0, f"30 champion answers took {elapsed:.2f} s behind a stalled challenger"
+        await client.service.challenger_runner.stop()
+
+
+def counting(model: LoadedModel, calls: list[int]) -> Callable[[np.ndarray], Prediction]:
+    """`model`'s predict, noting the rows of each call in `calls`."""
+    inner = model.predict_fn
+
+    def predict(rows: np.ndarray) -> Prediction:
+        calls.append(len(rows))
+        return inner(rows)
+
+    return predict
+
+
+async def test_shadow_copies_arriving_together_are_predicted_in_one_call_and_each_compared() -> None:
+    app = make_app(model=small_model(), shadow_queue_requests=1000)
+    async for client in client_for(app):
+        client.service.challenger_runner.start()
+        calls: list[int] = []
+        challenger = challenger_model(constant=True)
+        run_rollout(client, replace(challenger, predict_fn=counting(challenger, calls)), 100, mode="shadow")
+        before = parse_metrics((await client.get("/metrics")).text)
+        many = {"instances": [ROW, ROW, ROW]}
+        answers = await asyncio.gather(
+            *(client.post("/predict", {"features": ROW}) for _ in range(40)), client.post("/predict", many)
+        )
+        assert all(a.status_code == 200 and a.headers["x-model-version"] == "1" for a in answers)
+        for _ in range(100):
+            rows = difference(parse_metrics((await client.get("/metrics")).text), before)
+            if rows.get(("modelops_shadow_requests_total", "", "compared"), 0) >= 41:
+                break
+            await asyncio.sleep(0.05)
+        assert rows[("modelops_shadow_requests_total", "", "compared")] == 41  # every copy counted
+        assert sum(calls) == 43 and len(calls) < 41  # in fewer challenger calls than copies
+        # each row compared with the champion's answer to it: the constant challenger disagrees on some
+        agree = rows.get(("modelops_shadow_rows_total", "", "agree"), 0)
+        assert agree + rows.get(("modelops_shadow_rows_total", "", "disagree"), 0) == 43
+        assert rows[(REQUESTS, "2", "ok")] == 41  # per-version metrics count requests, not calls
         await client.service.challenger_runner.stop()
 
 

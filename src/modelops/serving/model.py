@@ -16,6 +16,7 @@ import numpy as np
 from modelops.errors import ModelLoadError, ModelRefused
 from modelops.monitoring.drift import read_reference
 from modelops.registry import VersionInfo
+from modelops.serving.compiled import compile_proba
 from modelops.signing import Verifier
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,17 @@ class LoadedModel:
         }
 
 
-def _sklearn_predictor(model: Any) -> tuple[Callable[[np.ndarray], Prediction], list[Any] | None]:
+def _sklearn_predictor(
+    model: Any, example: np.ndarray
+) -> tuple[Callable[[np.ndarray], Prediction], list[Any] | None]:
     classes = getattr(model, "classes_", None)
     if classes is not None and hasattr(model, "predict_proba"):
         class_array = np.asarray(classes)
+        # a linear pipeline as numpy when it answers exactly as sklearn (compiled.py), else sklearn's own
+        proba_fn = compile_proba(model, example) or model.predict_proba
 
         def predict_with_proba(x: np.ndarray) -> Prediction:
-            proba = model.predict_proba(x)
+            proba = proba_fn(x)
             # argmax of the probabilities is what predict() returns for these classifiers,
             # and it saves a second pass over the model.
             return Prediction(class_array[proba.argmax(axis=1)], proba)
@@ -277,11 +282,12 @@ def load_local(
         mlmodel = Model.load(str(path))
         if flavor == "sklearn":
             native = _load_skops(path, _read_mlmodel(path))
-            predict_fn, classes = _sklearn_predictor(native)
             n_features = getattr(native, "n_features_in_", None)
         else:
             classes, n_features = None, None
         columns, example, signature = _columns_and_example(mlmodel, path, n_features)
+        if flavor == "sklearn":
+            predict_fn, classes = _sklearn_predictor(native, example)
         if flavor == "python_function":
             predict_fn = _pyfunc_predictor(path, columns)
         loaded = LoadedModel(

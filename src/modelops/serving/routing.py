@@ -27,6 +27,7 @@ from modelops.registry import Registry
 from modelops.rollout.state import ROLLOUT_TAG, RolloutState
 from modelops.serving import metrics
 from modelops.serving.model import LoadedModel, Prediction
+from modelops.serving.store import freeze_long_lived_objects
 from modelops.serving.tasks import cancel
 from modelops.serving.watcher import AliasWatcher
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 BUCKETS = 10_000  # percentages to two decimals
 # Rows waiting in the shadow queue at most (about 24 MB at 30 float64 features), whatever the request count.
 SHADOW_QUEUE_MAX_ROWS = 100_000
+# Shadow copies are predicted together (see ChallengerRunner._next_batch): at most this many rows per call, after
+# waiting at most this long for more copies to arrive. Nobody waits for a shadow answer.
+SHADOW_BATCH_ROWS = 256
+SHADOW_BATCH_WAIT_S = 0.1
 
 
 class ChallengerBusy(Exception):
@@ -106,6 +111,9 @@ class ChallengerFollower:
         old, self.model = self.model, model
         if old is not None:
             old.release()
+        # like the champion's: the challenger's objects out of the collector's full passes (measured: they
+        # raised the champion's p99 by ~15% while a challenger was loaded, whether it predicted or not)
+        freeze_long_lived_objects()
         log.info("challenger v%s loaded", version)
 
     def _drop(self) -> None:
@@ -180,6 +188,7 @@ class ChallengerRunner:
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
         self.queued_rows = 0
         self.running = 0  # predictions in the pool, including timed-out ones still running
+        self._held: _Copy | None = None  # a copy taken from the queue that starts the next batch
         self._task: asyncio.Task[None] | None = None
 
     def _done(self, _: object) -> None:
@@ -216,28 +225,56 @@ class ChallengerRunner:
             return
         self.queued_rows += len(rows)
 
+    async def _next_batch(self) -> list[_Copy]:
+        """The copies to predict together: the oldest waiting one, then what waits or arrives within
+        SHADOW_BATCH_WAIT_S (no wait when a full batch is queued) for the same model, up to SHADOW_BATCH_ROWS rows. One call for many copies: each challenger call holds
+        the interpreter lock for its framework's fixed cost (most of a single-row prediction), which the
+        champion's requests would otherwise wait for once per copy."""
+        first = self._held if self._held is not None else await self._take()
+        self._held = None
+        batch, rows = [first], len(first.rows)
+        if rows + self.queued_rows < SHADOW_BATCH_ROWS:  # a full batch is not waiting yet: let one gather
+            await asyncio.sleep(SHADOW_BATCH_WAIT_S)
+        while not self.queue.empty() and rows < SHADOW_BATCH_ROWS:
+            nxt = self.queue.get_nowait()
+            self.queued_rows -= len(nxt.rows)
+            if nxt.model is not first.model or rows + len(nxt.rows) > SHADOW_BATCH_ROWS:
+                self._held = nxt  # the first of the next batch
+                break
+            batch.append(nxt)
+            rows += len(nxt.rows)
+        return batch
+
+    async def _take(self) -> _Copy:
+        copy = await self.queue.get()
+        self.queued_rows -= len(copy.rows)
+        return copy
+
     async def _shadow(self) -> None:
         while True:
-            copy = await self.queue.get()
-            self.queued_rows -= len(copy.rows)
+            batch = await self._next_batch()
+            model = batch[0].model
+            rows = batch[0].rows if len(batch) == 1 else np.concatenate([c.rows for c in batch])
             try:
-                result, latency_s = await self.predict(copy.model, copy.rows)
+                result, latency_s = await self.predict(model, rows)
             except ChallengerBusy:
-                metrics.SHADOW_REQUESTS.labels("dropped").inc()
+                metrics.SHADOW_REQUESTS.labels("dropped").inc(len(batch))
                 await asyncio.sleep(0.01)  # its threads are stuck (timed out, still running): let them finish
                 continue
             except TimeoutError:
-                metrics.SHADOW_REQUESTS.labels("timeout").inc()
-                metrics.VERSION_REQUESTS.labels(copy.model.version, "error").inc()
+                metrics.SHADOW_REQUESTS.labels("timeout").inc(len(batch))
+                metrics.VERSION_REQUESTS.labels(model.version, "error").inc(len(batch))
                 continue
             except Exception as exc:
-                metrics.SHADOW_REQUESTS.labels("error").inc()
-                metrics.VERSION_REQUESTS.labels(copy.model.version, "error").inc()
-                log.debug("shadow prediction of v%s failed: %s", copy.model.version, exc)
+                metrics.SHADOW_REQUESTS.labels("error").inc(len(batch))
+                metrics.VERSION_REQUESTS.labels(model.version, "error").inc(len(batch))
+                log.debug("shadow prediction of v%s failed: %s", model.version, exc)
                 continue
-            metrics.SHADOW_REQUESTS.labels("compared").inc()
-            metrics.observe_version(copy.model.version, result.labels, result.probabilities, latency_s)
-            compare(copy.champion, result)
+            metrics.SHADOW_REQUESTS.labels("compared").inc(len(batch))
+            metrics.observe_version(
+                model.version, result.labels, result.probabilities, latency_s, requests=len(batch)
+            )
+            compare(_joined([c.champion for c in batch]), result)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._shadow(), name="shadow")
@@ -259,6 +296,20 @@ def compare(champion: Prediction, challenger: Prediction) -> None:
     p, q = champion.probabilities, challenger.probabilities
     if p is not None and q is not None and p.shape == q.shape:
         metrics.SHADOW_ABS_DELTA.inc(float(np.abs(q[:, -1] - p[:, -1]).sum()))
+
+
+def _joined(answers: list[Prediction]) -> Prediction:
+    """The champion's answers to a batch of copies, as one answer to their rows in order."""
+    if len(answers) == 1:
+        return answers[0]
+    probabilities = [a.probabilities for a in answers]
+    joined = None
+    if (
+        all(p is not None for p in probabilities)
+        and len({p.shape[1:] for p in probabilities if p is not None}) == 1
+    ):
+        joined = np.concatenate([p for p in probabilities if p is not None])
+    return Prediction(np.concatenate([np.asarray(a.labels) for a in answers]), joined)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ from modelops.monitoring import predlog
 from modelops.monitoring.feedback import FeedbackJoin
 from modelops.registry import Registry
 from modelops.serving.http import admin, endpoints, errors, feedback, ops, v2
+from modelops.serving.http.fastpath import FastRoutes, prediction_routes
 from modelops.serving.http.middleware import RequestContext
 from modelops.serving.http.openapi import OpenAPIDocument
 from modelops.serving.service import ServingService
 from modelops.settings import ServerSettings
 
+# Routes dispatched ahead of FastAPI's router (fastpath.py): the ones that carry the traffic.
+PREDICTION_PATHS = ("/predict", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
 # The final flush on shutdown; below Kubernetes' default 30 s grace period, with time left to exit.
 LOG_STOP_TIMEOUT_S = 20.0
 
@@ -63,7 +66,8 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
     if settings.ui_enabled:
         console.mount(app, service)
     errors.install(app)
-    app.add_middleware(RequestContext, store=service.store)
+    app.add_middleware(FastRoutes, routes=prediction_routes(app.router.routes, PREDICTION_PATHS))
+    app.add_middleware(RequestContext, store=service.store)  # the outermost: every answer gets its headers
     app.openapi = OpenAPIDocument(app, service)  # type: ignore[method-assign]
     return app
 
