@@ -5,7 +5,7 @@ One principal per role, least privilege (MLflow's basic-auth app, `default_permi
   when it promotes (EDIT on the registered model);
 - `model-server`: reads only (the alias, versions, artifacts): the default READ permission;
 - `operator`: the UI, deploy, rollback and rollouts (EDIT on the registered model); it writes the prediction log and
-  the rollout reports into the trainer's runs (EDIT on those two experiments);
+  the rollout reports (EDIT on those two experiments, READ on the trainer's);
 - `admin`: manages users only; used by nothing that runs continuously.
 No credential has a default: every password is generated (locally into files of mode 0600) or supplied.
 """
@@ -31,6 +31,7 @@ PRINCIPALS = (TRAINER, MODEL_SERVER, OPERATOR)
 # Grants on the registered model beyond the default READ.
 MODEL_GRANTS = {TRAINER: "EDIT", OPERATOR: "EDIT"}
 PREDICTION_LOG_EXPERIMENT = "modelops-prediction-log"
+ROLLOUT_EXPERIMENT = "modelops-rollouts"
 DEFAULT_EXPERIMENT = "modelops"
 # Where `mlflow server --serve-artifacts` puts an experiment's artifacts (no --default-artifact-root given).
 SERVED_ARTIFACT_ROOT = "mlflow-artifacts:/"
@@ -68,12 +69,14 @@ def create_registered_model(backend_store_uri: str, model_name: str) -> bool:
 
 
 def experiment_grants(training_experiment: str) -> dict[str, dict[str, str]]:
-    """The experiments the platform writes to and the grants on each beyond READ: the trainer's runs (the operator
-    adds rollout reports to a challenger's run) and the prediction log (written by the servers as the operator).
-    The bootstrap creates them owned by no principal, so no principal can take their names first and own them."""
+    """The experiments the platform writes to and the grants on each beyond READ: the trainer's runs (the trainer
+    only: EDIT there would let the operator, whose credential model servers hold, rewrite any run's files), the
+    prediction log and the rollout reports (both written as the operator). The bootstrap creates them owned by no
+    principal, so no principal can take their names first and own them."""
     return {
-        training_experiment: {TRAINER: "EDIT", OPERATOR: "EDIT"},
+        training_experiment: {TRAINER: "EDIT"},
         PREDICTION_LOG_EXPERIMENT: {OPERATOR: "EDIT"},
+        ROLLOUT_EXPERIMENT: {OPERATOR: "EDIT"},
     }
 
 

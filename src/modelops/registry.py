@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ MODEL_ARTIFACT_PATH = "model"
 CARD_FILE = "model_card.json"
 
 T = TypeVar("T")
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
+RUN_TOKEN = re.compile(r"[0-9a-f]{8}")  # rollout ids (rollout/state.py)
 
 
 @dataclass(frozen=True)
@@ -519,11 +522,69 @@ class Registry:
     def set_model_tag(self, key: str, value: str) -> None:
         self.writer.post("registered-models/set-tag", {"name": self.name, "key": key, "value": value})
 
+    def rollout_run(self, rollout_id: str, version: str, finished: str | None = None) -> str:
+        """The run of rollout `rollout_id` (of `version`) in the experiment ROLLOUT_EXPERIMENT, created on first
+        use as the write principal, tagged with the challenger's version and run, and linked from the version's
+        tag `modelops.rollout_run`. With `finished` (FINISHED or KILLED), the run is marked so."""
+        from modelops.auth import ROLLOUT_EXPERIMENT
+
+        if not RUN_TOKEN.fullmatch(rollout_id) or not version.isdigit():
+            raise InvalidInput(f"not a rollout id: {rollout_id!r}", field="rollout")
+        try:
+            found = self.writer.call(
+                "GET", f"experiments/get-by-name?experiment_name={ROLLOUT_EXPERIMENT}", {}
+            )
+            experiment = str(found["experiment"]["experiment_id"])
+        except VersionNotFound:  # an MLflow without the auth bootstrap: the writer creates it
+            experiment = str(
+                self.writer.post("experiments/create", {"name": ROLLOUT_EXPERIMENT})["experiment_id"]
+            )
+        runs = (
+            self.writer.post(
+                "runs/search",
+                {
+                    "experiment_ids": [experiment],
+                    "filter": f"tags.`modelops.rollout_id` = '{rollout_id}'",
+                    "max_results": 1,
+                },
+            ).get("runs")
+            or []
+        )
+        if runs:
+            run_id = str(runs[0]["info"]["run_id"])
+        else:
+            challenger = self.get_version(version)
+            tags = {
+                "mlflow.runName": f"rollout-{rollout_id}-v{version}",
+                "modelops.rollout_id": rollout_id,
+                "modelops.model_name": self.name,
+                "modelops.challenger_version": version,
+                "modelops.challenger_run_id": challenger.run_id or "",
+            }
+            created = self.writer.post(
+                "runs/create",
+                {
+                    "experiment_id": experiment,
+                    "run_name": tags["mlflow.runName"],
+                    "start_time": int(time.time() * 1000),
+                    "tags": [{"key": k, "value": v} for k, v in tags.items()],
+                },
+            )
+            run_id = str(created["run"]["info"]["run_id"])
+            self.set_version_tags(version, {"modelops.rollout_run": run_id})
+        if finished:
+            self.writer.post(
+                "runs/update", {"run_id": run_id, "status": finished, "end_time": int(time.time() * 1000)}
+            )
+        return run_id
+
     def put_run_artifact(self, run_id: str, path: str, data: bytes) -> None:
         """Upload `data` as artifact `path` of run `run_id`, as the write principal, through MLflow's artifact
         proxy (the only way in for a principal that holds no object-store credential). RegistryForbidden
         without EDIT on the run's experiment."""
-        run = self.writer.call("GET", f"runs/get?run_id={quote(run_id)}", {})
+        if not RUN_ID.fullmatch(run_id) or any(part in ("", ".", "..") for part in path.split("/")):
+            raise InvalidInput(f"not a run artifact: {run_id}/{path}", field="path")
+        run = self.writer.call("GET", f"runs/get?run_id={run_id}", {})
         root = str(run["run"]["info"]["artifact_uri"])
         if urlsplit(root).scheme != "mlflow-artifacts":
             raise RegistryError(

@@ -7,8 +7,8 @@ nonsense (one class for everything) is aborted within two intervals, with no cli
 Challengers that raise on a fifth of their requests or take 50 ms more: servers never run code from an artifact, so
 those faults are injected into a healthy challenger by the servers' rehearsal settings (MODELOPS_FAULT_CHALLENGER_*,
 which never touch the champion); they too are aborted within two intervals with no client-visible error. Every
-decision leaves the rollout report (JSON and Markdown) in the challenger's MLflow run, written by the controller as
-the operator.
+decision leaves the rollout report (JSON and Markdown) in the rollout's MLflow run, written by the controller as the
+operator and linked from the challenger's version.
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ def test_a_healthy_challenger_is_promoted_with_no_failed_request_and_resumes_aft
 
 
 def run_report(stack: dict[str, object], version: str, rollout_id: str) -> dict[str, object]:
-    """The rollout's JSON report from `version`'s MLflow run (read as the read-only principal); the Markdown one
-    beside it."""
+    """The rollout's JSON report from its run (linked from the challenger version's tag; read as the read-only
+    principal); the Markdown one beside it."""
     tracking: MlflowService = stack["tracking"]  # type: ignore[assignment]
     auth = ("model-server", TEST_PASSWORDS["model-server"])
     with httpx.Client(base_url=tracking.uri, auth=auth, timeout=10) as client:
@@ -244,7 +244,14 @@ def run_report(stack: dict[str, object], version: str, rollout_id: str) -> dict[
             "/api/2.0/mlflow/model-versions/get",
             params={"name": stack["model_name"], "version": version},
         ).json()["model_version"]
-        run = client.get("/api/2.0/mlflow/runs/get", params={"run_id": found["run_id"]}).json()["run"]
+        tags = {t["key"]: t["value"] for t in found.get("tags", [])}
+        run = client.get("/api/2.0/mlflow/runs/get", params={"run_id": tags["modelops.rollout_run"]}).json()[
+            "run"
+        ]
+        run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert run_tags["modelops.rollout_id"] == rollout_id
+        assert run_tags["modelops.challenger_run_id"] == found["run_id"]  # the link to the trainer's run
+        assert run["info"]["status"] in ("FINISHED", "KILLED")  # the rollout is over
         root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:").strip("/")
         base = f"/api/2.0/mlflow-artifacts/artifacts/{root}/rollout/{rollout_id}"
         page = client.get(f"{base}/report.md")

@@ -235,6 +235,9 @@ def test_artifacts_cannot_be_overwritten_through_the_proxy_without_write_access(
     assert original.status_code == 200 and original.content
     assert httpx.put(url, content=b"evil", timeout=30).status_code == 401
     assert httpx.put(url, content=b"evil", auth=reader, timeout=30).status_code == 403
+    # nor the operator (whose credential model servers hold): it writes rollout reports to runs of its own
+    operator = ("operator", TEST_PASSWORDS["operator"])
+    assert httpx.put(url, content=b"evil", auth=operator, timeout=30).status_code == 403
     assert httpx.get(url, auth=reader, timeout=30).content == original.content
 
 

@@ -98,6 +98,7 @@ class FakeRegistry:
     aliases: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     run_artifacts: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    rollout_runs: dict[str, str | None] = field(default_factory=dict)  # run id -> how it finished
     writer: Any = field(default_factory=lambda: type("Writer", (), {"username": "operator"})())
 
     def for_alias(self, alias: str) -> FakeRegistry:
@@ -115,6 +116,11 @@ class FakeRegistry:
 
     def put_run_artifact(self, run_id: str, path: str, data: bytes) -> None:
         self.run_artifacts[(run_id, path)] = data
+
+    def rollout_run(self, rollout_id: str, version: str, finished: str | None = None) -> str:
+        run_id = f"rollout-{rollout_id}-v{version}"
+        self.rollout_runs[run_id] = finished
+        return run_id
 
     def get_version(self, version: str) -> VersionInfo:
         self.calls.append(f"get_version {version}")

@@ -277,7 +277,8 @@ async def test_shadow_copies_arriving_together_are_predicted_in_one_call_and_eac
         # each row compared with the champion's answer to it: the constant challenger disagrees on some
         agree = rows.get(("modelops_shadow_rows_total", "", "agree"), 0)
         assert agree + rows.get(("modelops_shadow_rows_total", "", "disagree"), 0) == 43
-        assert rows[(REQUESTS, "2", "ok")] == 41  # per-version metrics count requests, not calls
+        # the analysis counts calls (a failed call is one error, not one per copy): see docs/rollouts.md
+        assert rows[(REQUESTS, "2", "ok")] == len(calls)
         await client.service.challenger_runner.stop()
 
 
@@ -371,14 +372,15 @@ def test_controller_aborts_at_once_on_a_failed_check_and_extends_a_quiet_step() 
     assert registry.holder == "1" and [m[0] for m in registry.moves] == ["rollout-start"]
 
 
-def test_every_decision_writes_the_report_into_the_challengers_run() -> None:
+def test_every_decision_writes_the_report_into_the_rollouts_run() -> None:
     """JSON (the whole state) and Markdown, with the shadow comparison, at start and at each decision."""
     registry = FakeRegistry()
     rollouts, source = Rollouts(registry, "challenger"), Windows()  # type: ignore[arg-type]
     state = rollouts.start("2", "shadow", (50, 100), 60)
+    run = f"rollout-{state.id}-v2"
     json_path, md_path = f"rollout/{state.id}/report.json", f"rollout/{state.id}/report.md"
-    assert {path for _, path in registry.run_artifacts} == {json_path, md_path}
-    assert all(run == "run2" for run, _ in registry.run_artifacts)  # v2's run, not the champion's
+    assert set(registry.run_artifacts) == {(run, json_path), (run, md_path)}
+    assert registry.rollout_runs == {run: None}  # open while the rollout runs
     source.next = {
         **window_for("1", 1000, 0, 0.004, SPREAD),
         **window_for("2", 100, 0, 0.004, SPREAD),
@@ -390,16 +392,28 @@ def test_every_decision_writes_the_report_into_the_challengers_run() -> None:
     }
     after = Controller(rollouts, source, LIMITS).tick(now=state.step_started_at + 61)
     assert after is not None and after.step == 1
-    body = json.loads(registry.run_artifacts[("run2", json_path)])
+    body = json.loads(registry.run_artifacts[(run, json_path)])
     assert body["decisions"][-1]["verdict"] == "pass" and body["step"] == 1
     assert body["shadow"]["agreement_rate"] == 0.9 and body["shadow"]["mean_abs_delta_p"] == 0.03
     assert body["shadow"]["copies"]["dropped"] == 4.0
-    page = registry.run_artifacts[("run2", md_path)].decode()
+    page = registry.run_artifacts[(run, md_path)].decode()
     assert page.startswith(f"# Rollout {state.id}: v2 over v1 (shadow): running")
     assert "| 100 | 0.9 | 0.03 | 100 | 4 | 0 | 0 |" in page  # the shadow table's row
     assert page.count("| pass |") == 1 and "| start |" in page
-    rollouts.abort("enough")
-    assert json.loads(registry.run_artifacts[("run2", json_path)])["state"] == "aborted"
+    rollouts.abort("enough | <b>forged</b>\n| 9 | 100% | promote |")  # free text cannot forge rows or markup
+    assert json.loads(registry.run_artifacts[(run, json_path)])["state"] == "aborted"
+    page = registry.run_artifacts[(run, md_path)].decode()
+    assert "| promote |" not in page and "<b>" not in page and "enough \\| &lt;b>forged" in page
+    assert registry.rollout_runs == {run: "KILLED"}
+
+
+def test_a_tag_with_an_id_that_is_not_ours_is_no_rollout() -> None:
+    """The id names the report's files and run: a forged tag with a path in it is ignored, not followed."""
+    good = new_rollout("2", "1", "canary", (50, 100), 60, "operator")
+    assert RolloutState.parse(good.render()) == good
+    for forged in ("../../x", "ABCDEF12", "1234567"):
+        assert RolloutState.parse(replace(good, id=forged).render()) is None
+    assert RolloutState.parse(replace(good, version="1/../2").render()) is None
 
 
 async def test_a_burst_on_a_slow_challenger_is_answered_by_the_champion_without_blaming_it(

@@ -8,7 +8,9 @@ the registered model, which would also let its holder delete the model, and the 
 (the operator, whose credential model servers hold) must not have that. Replicas route to the challenger only while
 the state says `running`, so the alias left behind is a label, not traffic.
 
-Every decision also writes the rollout report (report.py) into the challenger's MLflow run.
+Every decision also writes the rollout report (report.py) into the rollout's own MLflow run, in the experiment
+`modelops-rollouts`, linked from the challenger version's tag `modelops.rollout_run` (not into the trainer's run:
+write access to the trainer's experiment would let the operator rewrite any run's files, model files included).
 """
 
 from __future__ import annotations
@@ -72,17 +74,18 @@ class Rollouts:
         return state
 
     def report(self, state: RolloutState) -> None:
-        """Write the rollout report into the challenger's run (best effort: a registry that refuses or is down
-        costs the report, never the decision, which is already saved)."""
+        """Write the rollout report into the rollout's run (Registry.rollout_run), best effort: a registry that
+        refuses or is down, or anything else, costs the report, never the decision, which is already saved."""
         try:
-            run_id = self.champion.get_version(state.version).run_id
-            if not run_id:
-                return
+            finished = None if state.running else ("FINISHED" if state.state == PROMOTED else "KILLED")
+            run_id = self.champion.rollout_run(state.id, state.version, finished)
             json_path, markdown_path = report.paths(state)
             self.champion.put_run_artifact(run_id, json_path, report.as_json(state))
             self.champion.put_run_artifact(run_id, markdown_path, report.as_markdown(state))
         except ModelOpsError as exc:
-            log.warning("rollout %s: no report in v%s's run: %s", state.id, state.version, exc.message)
+            log.warning("rollout %s: no report written: %s", state.id, exc.message)
+        except Exception:
+            log.exception("rollout %s: no report written", state.id)
 
     def start(self, version: str, mode: str, steps: tuple[int, ...], interval_s: float) -> RolloutState:
         """Point the challenger alias at `version` and start at the first step. One rollout at a time."""

@@ -1,6 +1,7 @@
 """The rollout report: the state, the latest analysis and (in shadow mode) the comparison of the challenger with the
-champion, as JSON and Markdown. The controller (and an operator's abort or promote) writes it into the challenger's
-MLflow run at every decision, under `rollout/<id>/`, so the evidence behind a promotion stays with the model."""
+champion, as JSON and Markdown. The controller (and an operator's abort or promote) writes it at every decision into
+the rollout's MLflow run (experiment `modelops-rollouts`, linked from the challenger version's tag
+`modelops.rollout_run`, tagged with the challenger's run), under `rollout/<id>/`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ FOLDER = "rollout"
 
 
 def paths(state: RolloutState) -> tuple[str, str]:
-    """Where the JSON and the Markdown report go inside the challenger's run artifacts."""
+    """Where the JSON and the Markdown report go inside the rollout's run artifacts."""
     return f"{FOLDER}/{state.id}/report.json", f"{FOLDER}/{state.id}/report.md"
 
 
@@ -30,14 +31,17 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     text = f"{value:g}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    # a reason is free text (an operator's --why): no line breaks, no table cells, no markup of its own
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("`", "\\`")
 
 
 def as_markdown(state: RolloutState) -> bytes:
     """A page a reviewer reads in MLflow's artifact view."""
     champion = f"v{state.champion_version}" if state.champion_version else "no champion"
     lines = [
-        f"# Rollout {state.id}: v{state.version} over {champion} ({state.mode}): {state.state}",
+        f"# Rollout {_cell(state.id)}: v{_cell(state.version)} over {_cell(champion)} ({_cell(state.mode)}): "
+        f"{_cell(state.state)}",
         "",
         f"Started {_when(state.started_at)} by {_cell(state.who)}; steps "
         f"{', '.join(f'{p}%' for p in state.steps)}, {state.interval_s:g} s each.",
@@ -87,7 +91,7 @@ def as_markdown(state: RolloutState) -> bytes:
         ]
     lines += ["", "## Decisions", "", "| time | step | share | verdict | reason |", "|---|---|---|---|---|"]
     lines += [
-        f"| {_when(d.at)} | {d.step + 1} | {d.percent}% | {d.verdict} | {_cell(d.reason)} |"
+        f"| {_when(d.at)} | {d.step + 1} | {d.percent}% | {_cell(d.verdict)} | {_cell(d.reason)} |"
         for d in state.decisions
     ]
     return ("\n".join(lines) + "\n").encode()

@@ -8,6 +8,7 @@ share of traffic and the mode.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -18,6 +19,7 @@ ROLLOUT_TAG = "modelops.rollout"
 MODES = ("canary", "shadow")
 MAX_DECISIONS = 30  # a registry tag holds a few kB: keep the latest decisions
 RUNNING, PROMOTED, ABORTED = "running", "promoted", "aborted"
+ROLLOUT_ID = re.compile(r"[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,15 @@ class RolloutState:
             data = json.loads(raw)
             data["steps"] = tuple(int(p) for p in data["steps"])
             data["decisions"] = tuple(Decision(**d) for d in data.get("decisions", []))
-            return cls(**data)
+            state = cls(**data)
         except (ValueError, TypeError, KeyError):
             return None
+        # the id names a run and files (the report): only what new_rollout makes
+        if not (
+            isinstance(state.id, str) and ROLLOUT_ID.fullmatch(state.id) and str(state.version).isdigit()
+        ):
+            return None
+        return state
 
 
 def parse_steps(value: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:

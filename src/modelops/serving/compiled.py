@@ -26,7 +26,7 @@ TOLERANCE = 1e-12  # probabilities may differ by rounding of a different summati
 def _steps(model: Any) -> list[Any]:
     from sklearn.pipeline import Pipeline
 
-    if isinstance(model, Pipeline):
+    if type(model) is Pipeline:  # a subclass may predict otherwise
         return [step for _, step in model.steps if step is not None and step != "passthrough"]
     return [model]
 

@@ -182,15 +182,12 @@ def version_series(version: str) -> _VersionSeries:
     return series
 
 
-def observe_version(
-    version: str, labels: Any, probabilities: Any, latency_s: float, requests: int = 1
-) -> None:
-    """Count answered requests of `version` (one, or `requests` answered together by one prediction, each after
-    `latency_s`): their latency, predicted classes and score distribution."""
+def observe_version(version: str, labels: Any, probabilities: Any, latency_s: float) -> None:
+    """Count one answered request (or shadow call) of `version`: its latency, predicted classes and score
+    distribution."""
     series = version_series(version)
-    series.ok.inc(requests)
-    for _ in range(requests):
-        series.latency.observe(latency_s)
+    series.ok.inc()
+    series.latency.observe(latency_s)
     if len(labels) == 1:  # the common case, without numpy's sorting machinery
         value = labels[0]
         child = series.label(value.item() if hasattr(value, "item") else value)

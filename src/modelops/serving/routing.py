@@ -263,17 +263,16 @@ class ChallengerRunner:
                 continue
             except TimeoutError:
                 metrics.SHADOW_REQUESTS.labels("timeout").inc(len(batch))
-                metrics.VERSION_REQUESTS.labels(model.version, "error").inc(len(batch))
+                metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
                 continue
             except Exception as exc:
                 metrics.SHADOW_REQUESTS.labels("error").inc(len(batch))
-                metrics.VERSION_REQUESTS.labels(model.version, "error").inc(len(batch))
+                metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
                 log.debug("shadow prediction of v%s failed: %s", model.version, exc)
                 continue
             metrics.SHADOW_REQUESTS.labels("compared").inc(len(batch))
-            metrics.observe_version(
-                model.version, result.labels, result.probabilities, latency_s, requests=len(batch)
-            )
+            # the analysis counts the challenger's calls (one failure is one error, one latency), its rows by row
+            metrics.observe_version(model.version, result.labels, result.probabilities, latency_s)
             compare(_joined([c.champion for c in batch]), result)
 
     def start(self) -> None:
