@@ -130,6 +130,14 @@ class RestWriter:
         """POST one call; RegistryForbidden on 401/403, VersionNotFound on a missing resource."""
         return self.call("POST", endpoint, body)
 
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment `name`, created by this principal when it does not exist yet."""
+        try:
+            found = self.call("GET", f"experiments/get-by-name?experiment_name={quote(name)}", {})
+            return str(found["experiment"]["experiment_id"])
+        except VersionNotFound:
+            return str(self.post("experiments/create", {"name": name})["experiment_id"])
+
     def call(self, method: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """One call with `method` (MLflow's DELETE endpoints take a JSON body too)."""
         try:
@@ -530,15 +538,8 @@ class Registry:
 
         if not RUN_TOKEN.fullmatch(rollout_id) or not version.isdigit():
             raise InvalidInput(f"not a rollout id: {rollout_id!r}", field="rollout")
-        try:
-            found = self.writer.call(
-                "GET", f"experiments/get-by-name?experiment_name={ROLLOUT_EXPERIMENT}", {}
-            )
-            experiment = str(found["experiment"]["experiment_id"])
-        except VersionNotFound:  # an MLflow without the auth bootstrap: the writer creates it
-            experiment = str(
-                self.writer.post("experiments/create", {"name": ROLLOUT_EXPERIMENT})["experiment_id"]
-            )
+        # created by the auth bootstrap; on an MLflow without it, by the writer here
+        experiment = self.writer.experiment_id(ROLLOUT_EXPERIMENT)
         runs = (
             self.writer.post(
                 "runs/search",
@@ -578,33 +579,35 @@ class Registry:
             )
         return run_id
 
-    def put_run_artifact(self, run_id: str, path: str, data: bytes) -> None:
-        """Upload `data` as artifact `path` of run `run_id`, as the write principal, through MLflow's artifact
-        proxy (the only way in for a principal that holds no object-store credential). RegistryForbidden
-        without EDIT on the run's experiment."""
-        if not RUN_ID.fullmatch(run_id) or any(part in ("", ".", "..") for part in path.split("/")):
-            raise InvalidInput(f"not a run artifact: {run_id}/{path}", field="path")
+    def put_run_artifacts(self, run_id: str, files: dict[str, bytes]) -> None:
+        """Upload `files` (artifact path -> bytes) into run `run_id`, as the write principal, through MLflow's
+        artifact proxy (the only way in for a principal that holds no object-store credential).
+        RegistryForbidden without EDIT on the run's experiment."""
+        bad = [p for p in files if any(part in ("", ".", "..") for part in p.split("/"))]
+        if not RUN_ID.fullmatch(run_id) or bad:
+            raise InvalidInput(f"not a run artifact: {run_id}/{bad[0] if bad else ''}", field="path")
         run = self.writer.call("GET", f"runs/get?run_id={run_id}", {})
         root = str(run["run"]["info"]["artifact_uri"])
         if urlsplit(root).scheme != "mlflow-artifacts":
             raise RegistryError(
                 f"run {run_id} keeps its artifacts at {root}, not behind MLflow's artifact proxy"
             )
-        url = f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/"
-        url += quote(f"{urlsplit(root).path.strip('/')}/{path.strip('/')}")
-        try:
-            response = httpx.put(url, content=data, auth=self.writer.auth, timeout=30)
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailable(f"MLflow is not reachable: {type(exc).__name__}") from exc
-        if response.status_code in (401, 403):
-            raise RegistryForbidden(
-                f"MLflow refused an artifact of run {run_id} for principal {self.writer.username!r} "
-                f"(HTTP {response.status_code})"
-            )
-        if response.status_code >= 400:
-            raise RegistryError(
-                f"upload of {path} failed (HTTP {response.status_code}): {response.text[:200]}"
-            )
+        base = f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/"
+        for path, data in files.items():
+            url = base + quote(f"{urlsplit(root).path.strip('/')}/{path.strip('/')}")
+            try:
+                response = httpx.put(url, content=data, auth=self.writer.auth, timeout=30)
+            except httpx.HTTPError as exc:
+                raise RegistryUnavailable(f"MLflow is not reachable: {type(exc).__name__}") from exc
+            if response.status_code in (401, 403):
+                raise RegistryForbidden(
+                    f"MLflow refused an artifact of run {run_id} for principal {self.writer.username!r} "
+                    f"(HTTP {response.status_code})"
+                )
+            if response.status_code >= 400:
+                raise RegistryError(
+                    f"upload of {path} failed (HTTP {response.status_code}): {response.text[:200]}"
+                )
 
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():

@@ -142,6 +142,14 @@ def start(replica: Service, version: str, steps: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def start_loaded(replicas: list[Service], challenger: str, steps: str) -> float:
+    """Start a rollout of `challenger` through the first replica; return when every replica has loaded it."""
+    start(replicas[0], challenger, steps)
+    for replica in replicas:
+        wait_for(lambda r=replica: status(r).get("challenger_loaded") == challenger, 60, "challenger loaded")
+    return time.time()
+
+
 def wait_state(replica: Service, want: str, timeout_s: float, logs: list[Service]) -> dict[str, object]:
     """The first status in state `want` (the one that answered it: another worker may not have polled yet)."""
     seen: dict[str, object] = {}
@@ -199,12 +207,7 @@ def test_a_healthy_challenger_is_promoted_with_no_failed_request_and_resumes_aft
     challenger = str(stack["healthy"])
     with Load([r.uri for r in replicas]) as load:
         time.sleep(2)
-        start(replicas[0], challenger, "10,50,100")
-        # every replica applies the first step
-        for replica in replicas:
-            wait_for(
-                lambda r=replica: status(r).get("challenger_loaded") == challenger, 60, "challenger loaded"
-            )
+        start_loaded(replicas, challenger, "10,50,100")  # every replica applies the first step
         before = status(replicas[1])
         load.paused.set()  # the replicas die: no client should count that against the rollout
         for replica in replicas:
@@ -278,12 +281,7 @@ def test_a_failing_or_slow_challenger_is_aborted_within_two_intervals_with_no_cl
     challenger = str(stack["healthy"])  # a good model, made faulty by the replicas' rehearsal settings
     with Load([r.uri for r in replicas]) as load:
         time.sleep(2)
-        start(replicas[0], challenger, "20,50,100")
-        for replica in replicas:
-            wait_for(
-                lambda r=replica: status(r).get("challenger_loaded") == challenger, 60, "challenger loaded"
-            )
-        loaded_at = time.time()
+        loaded_at = start_loaded(replicas, challenger, "20,50,100")
         aborted = wait_state(replicas[0], "aborted", INTERVAL_S * 2 + 30, [driver, *replicas])
         took = time.time() - loaded_at
     assert load.errors() == [] and load.failures == [], (load.errors()[:5], load.failures[:5])
@@ -304,12 +302,7 @@ def test_a_challenger_answering_nonsense_is_aborted_within_two_intervals_with_no
     challenger = str(stack["nonsense"])
     with Load([r.uri for r in replicas]) as load:
         time.sleep(2)
-        start(replicas[0], challenger, "20,50,100")
-        for replica in replicas:
-            wait_for(
-                lambda r=replica: status(r).get("challenger_loaded") == challenger, 60, "challenger loaded"
-            )
-        loaded_at = time.time()
+        loaded_at = start_loaded(replicas, challenger, "20,50,100")
         # the series the dashboard's rollout panel and the RolloutChallengerErrors rule read
         share = f'modelops_rollout_percent{{mode="canary",version="{challenger}"}} 20.0'
         assert all(share in httpx.get(f"{r.uri}/metrics").text for r in replicas)

@@ -114,8 +114,9 @@ class FakeRegistry:
     def set_model_tag(self, key: str, value: str) -> None:
         self.tags[key] = value
 
-    def put_run_artifact(self, run_id: str, path: str, data: bytes) -> None:
-        self.run_artifacts[(run_id, path)] = data
+    def put_run_artifacts(self, run_id: str, files: dict[str, bytes]) -> None:
+        for path, data in files.items():
+            self.run_artifacts[(run_id, path)] = data
 
     def rollout_run(self, rollout_id: str, version: str, finished: str | None = None) -> str:
         run_id = f"rollout-{rollout_id}-v{version}"

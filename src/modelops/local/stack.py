@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
 
 import httpx
 
@@ -37,7 +36,7 @@ from modelops.auth import (
     local_signing_keys,
     private_dir,
 )
-from modelops.errors import ConfigError, StartupFailed, VersionNotFound
+from modelops.errors import ConfigError, StartupFailed
 from modelops.local.processes import Child, group_alive, require_free_ports, stop_group
 from modelops.settings import DEFAULT_ALIAS, DEFAULT_MODEL_NAME
 from modelops.waiting import NotYet, wait_until
@@ -172,13 +171,7 @@ def _create_registered_model(config: StackConfig, admin_password: str) -> None:
         if "already exists" not in exc.message:
             raise
     grants = experiment_grants(DEFAULT_EXPERIMENT)
-    ids = {}
-    for name in grants:
-        try:
-            found = writer.call("GET", f"experiments/get-by-name?experiment_name={quote(name)}", {})
-            ids[name] = str(found["experiment"]["experiment_id"])
-        except VersionNotFound:
-            ids[name] = str(writer.post("experiments/create", {"name": name})["experiment_id"])
+    ids = {name: writer.experiment_id(name) for name in grants}
     grant_experiments(f"sqlite:///{config.home.resolve() / 'basic_auth.db'}", ids, grants)
 
 

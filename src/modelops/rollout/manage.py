@@ -80,8 +80,9 @@ class Rollouts:
             finished = None if state.running else ("FINISHED" if state.state == PROMOTED else "KILLED")
             run_id = self.champion.rollout_run(state.id, state.version, finished)
             json_path, markdown_path = report.paths(state)
-            self.champion.put_run_artifact(run_id, json_path, report.as_json(state))
-            self.champion.put_run_artifact(run_id, markdown_path, report.as_markdown(state))
+            self.champion.put_run_artifacts(
+                run_id, {json_path: report.as_json(state), markdown_path: report.as_markdown(state)}
+            )
         except ModelOpsError as exc:
             log.warning("rollout %s: no report written: %s", state.id, exc.message)
         except Exception:
