@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -150,24 +151,39 @@ def tail(path: Path, lines: int = 6) -> str:
         return ""
 
 
-def session_rss(sid: int) -> tuple[float, int]:
-    """Resident memory (MiB) summed over every live process of session `sid`, and how many there are."""
-    total_kib, count = 0, 0
+def session_processes(sid: int) -> Iterator[tuple[Path, list[str]]]:
+    """Each live process of session `sid`: its /proc folder and the fields of its stat line after the ")" that
+    ends the command name (state ppid pgrp session ...)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            # fields after the ")" that ends the command name: state ppid pgrp session ...
-            if int(stat.rsplit(")", 1)[1].split()[3]) != sid:
-                continue
-            rss = re.search(r"VmRSS:\s+(\d+) kB", (entry / "status").read_text())
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                yield entry, fields
         except (OSError, IndexError, ValueError):
+            continue
+
+
+def session_rss(sid: int) -> tuple[float, int]:
+    """Resident memory (MiB) summed over every live process of session `sid`, and how many there are."""
+    total_kib, count = 0, 0
+    for entry, _ in session_processes(sid):
+        try:
+            rss = re.search(r"VmRSS:\s+(\d+) kB", (entry / "status").read_text())
+        except OSError:
             continue
         if rss:
             total_kib += int(rss.group(1))
             count += 1
     return total_kib / 1024, count
+
+
+def session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    # utime and stime are the 12th and 13th fields after the command name
+    return sum(int(f[11]) + int(f[12]) for _, f in session_processes(sid)) / ticks
 
 
 # -- load -----------------------------------------------------------------------------------------------------

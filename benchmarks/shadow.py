@@ -35,9 +35,31 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tests.support import VENV_BIN, free_port, mlflow_server, principal_env, serve_argv  # noqa: E402
 
-from serving import MODEL, Peer, bodies, machine, start_and_wait, stop, train_signed_model  # noqa: E402
+from serving import (  # noqa: E402
+    MODEL,
+    Peer,
+    bodies,
+    machine,
+    session_cpu_s,
+    start_and_wait,
+    stop,
+    train_signed_model,
+)
 
 TOKEN = "benchmark-admin-token-0123456789abcdef"
+# With two or more cores, the server runs on the first and the load client on the others: on a small machine the two
+# otherwise take turns on the same cores, and the client's scheduling shows up as the server's tail latency.
+CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPUS, CLIENT_CPUS = ({CPUS[0]}, set(CPUS[1:])) if len(CPUS) >= 2 else (set(CPUS), set(CPUS))
+
+
+def pinned(argv: list[str], cpus: set[int]) -> list[str]:
+    """`argv` run on `cpus` only (its threads and children inherit the affinity)."""
+    pin = "import os, sys; os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')}); "
+    pin += "os.execv(sys.argv[2], sys.argv[2:])"
+    return [sys.executable, "-c", pin, ",".join(map(str, sorted(cpus))), *argv]
+
+
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -101,13 +123,15 @@ async def open_loop(
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
         "max_ms": latencies[-1] * 1000 if latencies else 0.0,
+        "latencies_ms": [round(x * 1000, 4) for x in latencies],
     }
 
 
 def measure(url: str, body: Path, rate: float, duration_s: float) -> dict[str, float]:
     """The load from its own process (the client's own work must not share a GIL with this script)."""
     code = (
-        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]); from shadow import open_loop; "
+        "import asyncio, json, os, sys; sys.path.insert(0, sys.argv[1]); from shadow import open_loop; "
+        f"os.sched_setaffinity(0, {CLIENT_CPUS!r}); "
         "print(json.dumps(asyncio.run(open_loop(sys.argv[2], open(sys.argv[3], 'rb').read(), "
         "float(sys.argv[4]), float(sys.argv[5])))))"
     )
@@ -152,7 +176,16 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", type=Path)
+    parser.add_argument("--raw", type=Path, help="also write every round's results (with latencies) as JSON")
+    parser.add_argument(
+        "--modes",
+        default="none,shadow,stalled",
+        help="which modes to measure (comma-separated; 'none' is needed)",
+    )
     args = parser.parse_args()
+    modes = [m for m in ("none", "shadow", "stalled") if m in args.modes.split(",")]
+    if "none" not in modes:
+        parser.error("--modes must include none (the baseline)")
 
     from sklearn.datasets import load_breast_cancer
 
@@ -199,7 +232,6 @@ def main() -> int:
             "MODELOPS_ADMIN_TOKEN": TOKEN,
             "MODELOPS_REGISTRY_WRITE_USERNAME": "operator",
             "MODELOPS_REGISTRY_WRITE_PASSWORD": principal_env("operator")["MLFLOW_TRACKING_PASSWORD"],
-            "MODELOPS_POLL_INTERVAL_S": "0.5",
             "MODELOPS_PREDICTION_LOG_SAMPLE_RATE": "0",
         }
         stalled_env = {
@@ -207,47 +239,78 @@ def main() -> int:
             "MODELOPS_FAULT_CHALLENGER_DELAY_MS": "10000",
             "MODELOPS_CHALLENGER_TIMEOUT_MS": "15000",
         }
+        urls: dict[str, str] = {}
+        sessions: dict[str, int] = {}  # url -> the server's session id (each starts its own session)
         for key, env in (("healthy", base_env), ("stalled", stalled_env)):
+            if key == "stalled" and "stalled" not in modes:
+                continue
             port = free_port()
-            server = Peer(key, key, serve_argv(port, 1), env, port, {"features": "/predict"})
+            server = Peer(
+                key, key, pinned(serve_argv(port, 1), SERVER_CPUS), env, port, {"features": "/predict"}
+            )
             start_and_wait(server, files["features"], tmp)
             servers.append(server)
-        healthy, stalled = (f"http://127.0.0.1:{s.port}" for s in servers)
-        for url in (healthy, stalled):
-            measure(f"{url}/predict", files["features"], args.rate, 3)  # warm-up, not counted
+            urls[key] = f"http://127.0.0.1:{port}"
+            assert server.proc is not None
+            sessions[urls[key]] = server.proc.pid
+            measure(f"{urls[key]}/predict", files["features"], args.rate, 3)  # warm-up, not counted
         for round_no in range(args.rounds):
-            for mode, url in (("none", healthy), ("shadow", healthy), ("stalled", stalled)):
+            for mode in modes:
+                url = urls["stalled" if mode == "stalled" else "healthy"]
                 if mode != "none":
                     rollout(url, "start")
                     before = shadow_counts(url)
+                cpu_before = session_cpu_s(sessions[url])
                 result = measure(f"{url}/predict", files["features"], args.rate, args.duration_s)
+                # the server's CPU time per answered request (every process of the server, whatever it did):
+                # a cost measure far steadier than a tail latency on a shared machine
+                result["cpu_us"] = (session_cpu_s(sessions[url]) - cpu_before) / max(result["ok"], 1) * 1e6
                 results[mode].append(result)
                 if mode != "none":
                     time.sleep(1)  # let the last copies of the round finish (or stall) before counting
                     after = shadow_counts(url)
                     copies[mode].append({k: after.get(k, 0) - before.get(k, 0) for k in after})
                     rollout(url, "abort")
-                print(f"round {round_no + 1} {mode}: {result} {copies.get(mode, [{}])[-1:]}", flush=True)
+                shown = {k: round(v, 2) for k, v in result.items() if k != "latencies_ms"}
+                print(f"round {round_no + 1} {mode}: {shown} {copies.get(mode, [{}])[-1:]}", flush=True)
     finally:
         for server in servers:
             stop(server)
         tracking.stop()
 
+    if args.raw:
+        args.raw.write_text(json.dumps({"results": results, "copies": copies}))
+
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in results[mode])
 
-    base99 = med("none", "p99_ms")
+    def pooled(mode: str, q: int) -> float:
+        """The q-th percentile of every request of every round of `mode` (rounds of equal length)."""
+        every = sorted(x for r in results[mode] for x in r["latencies_ms"])
+        return statistics.quantiles(every, n=100, method="inclusive")[q - 1]
+
+    def paired(mode: str, key: str = "p99_ms") -> float:
+        """The median over rounds of `key`'s change against the same round's no-rollout value."""
+        return statistics.median(
+            (r[key] - base[key]) / base[key] for r, base in zip(results[mode], results["none"], strict=True)
+        )
+
+    base99 = pooled("none", 99)
     lines = [
         "# Shadow rollout: what it costs the champion",
         "",
         f"Measured with `python benchmarks/shadow.py --rate {args.rate:g} --duration-s {args.duration_s:g} "
-        f"--rounds {args.rounds}` on {machine()}, {time.strftime('%Y-%m-%d')}. One model server worker, "
-        f"single-row `/predict`, an open-loop load of {args.rate:g} requests/s from a separate process "
-        "(latency counted from each request's scheduled send time), rounds alternating between the modes; "
-        "medians over the rounds.",
+        f"--rounds {args.rounds} --modes {','.join(modes)}` on {machine()}, {time.strftime('%Y-%m-%d')}. One model "
+        f"server worker, single-row `/predict`, an open-loop load of {args.rate:g} requests/s from a separate "
+        "process (latency counted from each request's scheduled send time), rounds alternating between the modes. "
+        "p50 and p99 are over every request of every round of a mode (pooled); the paired change is the median "
+        "over rounds of each round's p99 against the no-rollout round just before it. Server CPU is the user and "
+        "system time of the server's processes over a round divided by the requests it answered (median over "
+        "rounds): a cost measure much steadier than a tail latency on a shared machine.",
         "",
-        "| mode | answered req/s | errors | champion p50 ms | champion p99 ms | p99 vs no rollout | max ms |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | answered req/s | errors | champion p50 ms | champion p99 ms | p99 vs no rollout (pooled) "
+        "| p99 change (paired, median) | max ms | server CPU µs per request | CPU change (paired, median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     labels = {
         "none": "no rollout",
@@ -255,16 +318,30 @@ def main() -> int:
         "stalled": "shadow 100%, challenger stalled 10 s per copy",
     }
     for mode, label in labels.items():
-        p99 = med(mode, "p99_ms")
+        if mode not in modes:
+            continue
+        p99 = pooled(mode, 99)
         change = "-" if mode == "none" else f"{(p99 - base99) / base99:+.1%}"
+        pair = "-" if mode == "none" else f"{paired(mode):+.1%}"
+        cpu_pair = "-" if mode == "none" else f"{paired(mode, 'cpu_us'):+.1%}"
         lines.append(
             f"| {label} | {med(mode, 'achieved_rps'):,.0f} | {sum(r['errors'] for r in results[mode]):.0f} | "
-            f"{med(mode, 'p50_ms'):.2f} | {p99:.2f} | {change} | {max(r['max_ms'] for r in results[mode]):.1f} |"
+            f"{pooled(mode, 50):.2f} | {p99:.2f} | {change} | {pair} | "
+            f"{max(r['max_ms'] for r in results[mode]):.1f} | {med(mode, 'cpu_us'):.0f} | {cpu_pair} |"
         )
+    lines += [
+        "",
+        "p99 per round, ms:",
+        "",
+        "| mode | " + " | ".join(str(i + 1) for i in range(args.rounds)) + " |",
+    ]
+    lines.append("|---|" + "---|" * args.rounds)
+    for mode in modes:
+        lines.append(f"| {labels[mode]} | " + " | ".join(f"{r['p99_ms']:.2f}" for r in results[mode]) + " |")
     lines += ["", "Copies sent to the challenger per round (from `modelops_shadow_requests_total`):", ""]
     lines += ["| mode | compared | dropped | timeout | error |", "|---|---|---|---|---|"]
     for mode in ("shadow", "stalled"):
-        for c in copies[mode]:
+        for c in copies.get(mode, []):
             lines.append(
                 f"| {labels[mode]} | {c.get('compared', 0):,.0f} | {c.get('dropped', 0):,.0f} | "
                 f"{c.get('timeout', 0):,.0f} | {c.get('error', 0):,.0f} |"

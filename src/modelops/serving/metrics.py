@@ -193,29 +193,39 @@ def observe_version(version: str, labels: Any, probabilities: Any, latency_s: fl
         child = series.label(value.item() if hasattr(value, "item") else value)
         if child is not None:
             child.inc()
-    else:
-        import numpy as np
-
-        values, counts = np.unique(labels, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            child = series.label(value)
-            if child is None:
-                break
-            child.inc(count)
-    if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] >= 1:
-        if len(probabilities) == 1:
+        if probabilities is not None and probabilities.ndim == 2 and probabilities.shape[1] >= 1:
             p = float(probabilities[0, -1])
             if p == p:  # not NaN (a model can answer NaN for extreme inputs: such rows get no bin)
                 series.scores[min(max(int(p * SCORE_BINS), 0), SCORE_BINS - 1)].inc()
-        else:
-            import numpy as np
+        return
+    label_counts, bins = summarize(labels, probabilities)
+    add_counts(series, label_counts, bins)
 
-            positive = probabilities[:, -1]
-            positive = positive[np.isfinite(positive)]
-            bins = np.clip((positive * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
-            for b, count in enumerate(np.bincount(bins, minlength=SCORE_BINS).tolist()):
-                if count:
-                    series.scores[b].inc(count)
+
+def summarize(labels: Any, probabilities: Any) -> tuple[list[tuple[Any, int]], list[int] | None]:
+    """Rows per predicted label, and per tenth of the positive class's probability (None without
+    probabilities): what observe_version counts, as plain numbers (the shadow worker sends them over a pipe)."""
+    import numpy as np
+
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    label_counts = list(zip(values.tolist(), counts.tolist(), strict=True))
+    if probabilities is None or probabilities.ndim != 2 or probabilities.shape[1] < 1:
+        return label_counts, None
+    positive = probabilities[:, -1]
+    positive = positive[np.isfinite(positive)]
+    bins = np.clip((positive * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+    return label_counts, np.bincount(bins, minlength=SCORE_BINS).tolist()
+
+
+def add_counts(series: _VersionSeries, label_counts: list[tuple[Any, int]], bins: list[int] | None) -> None:
+    for value, count in label_counts:
+        child = series.label(value)
+        if child is None:
+            break
+        child.inc(count)
+    for b, count in enumerate(bins or ()):
+        if count:
+            series.scores[b].inc(count)
 
 
 FEATURE_DRIFT = Gauge(

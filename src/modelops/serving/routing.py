@@ -27,9 +27,11 @@ from modelops.registry import Registry
 from modelops.rollout.state import ROLLOUT_TAG, RolloutState
 from modelops.serving import metrics
 from modelops.serving.model import LoadedModel, Prediction
+from modelops.serving.shadow_worker import ShadowWorker, WorkerFailed
 from modelops.serving.store import freeze_long_lived_objects
 from modelops.serving.tasks import cancel
 from modelops.serving.watcher import AliasWatcher
+from modelops.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ SHADOW_QUEUE_MAX_ROWS = 100_000
 # waiting at most this long for more copies to arrive. Nobody waits for a shadow answer.
 SHADOW_BATCH_ROWS = 256
 SHADOW_BATCH_WAIT_S = 0.1
+# A shadow worker process with no copy to predict for this long is stopped (the rollout is over, or moved on).
+SHADOW_WORKER_IDLE_S = 30.0
 
 
 class ChallengerBusy(Exception):
@@ -176,15 +180,29 @@ class Faults:
 
 
 class ChallengerRunner:
-    """Runs challenger predictions in their own threads with a deadline, and shadow copies from a bounded queue."""
+    """Runs challenger predictions in their own threads with a deadline, and shadow copies from a bounded queue:
+    in a worker process of their own (shadow_worker.py) when the challenger's files can be loaded there, else in
+    the threads."""
 
     def __init__(
-        self, timeout_s: float, queue_requests: int, threads: int = 4, faults: Faults | None = None
+        self,
+        timeout_s: float,
+        queue_requests: int,
+        threads: int = 4,
+        faults: Faults | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.faults = faults or Faults()
         self.threads = threads
+        self.verifier = verifier
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="challenger")
+        # the one thread that talks to the shadow worker (it waits on the pipe without the interpreter lock)
+        self.worker_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-worker")
+        self.worker: ShadowWorker | None = None
+        self._worker_refused: LoadedModel | None = (
+            None  # could not start a worker for it: its copies use threads
+        )
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
         self.queued_rows = 0
         self.running = 0  # predictions in the pool, including timed-out ones still running
@@ -227,9 +245,9 @@ class ChallengerRunner:
 
     async def _next_batch(self) -> list[_Copy]:
         """The copies to predict together: the oldest waiting one, then what waits or arrives within
-        SHADOW_BATCH_WAIT_S (no wait when a full batch is queued) for the same model, up to SHADOW_BATCH_ROWS rows. One call for many copies: each challenger call holds
-        the interpreter lock for its framework's fixed cost (most of a single-row prediction), which the
-        champion's requests would otherwise wait for once per copy."""
+        SHADOW_BATCH_WAIT_S (no wait when a full batch is queued) for the same model, up to SHADOW_BATCH_ROWS
+        rows. One call for many copies: each call has a fixed cost (a framework's input checks, a trip to the
+        worker process), paid once per batch instead of once per copy."""
         first = self._held if self._held is not None else await self._take()
         self._held = None
         batch, rows = [first], len(first.rows)
@@ -246,7 +264,12 @@ class ChallengerRunner:
         return batch
 
     async def _take(self) -> _Copy:
-        copy = await self.queue.get()
+        while True:
+            try:
+                copy = await asyncio.wait_for(self.queue.get(), SHADOW_WORKER_IDLE_S)
+                break
+            except TimeoutError:
+                await self._close_worker()  # idle: the shadow rollout is over (or paused)
         self.queued_rows -= len(copy.rows)
         return copy
 
@@ -255,25 +278,94 @@ class ChallengerRunner:
             batch = await self._next_batch()
             model = batch[0].model
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([c.rows for c in batch])
-            try:
-                result, latency_s = await self.predict(model, rows)
-            except ChallengerBusy:
-                metrics.SHADOW_REQUESTS.labels("dropped").inc(len(batch))
-                await asyncio.sleep(0.01)  # its threads are stuck (timed out, still running): let them finish
-                continue
-            except TimeoutError:
-                metrics.SHADOW_REQUESTS.labels("timeout").inc(len(batch))
-                metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
-                continue
-            except Exception as exc:
-                metrics.SHADOW_REQUESTS.labels("error").inc(len(batch))
-                metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
-                log.debug("shadow prediction of v%s failed: %s", model.version, exc)
-                continue
-            metrics.SHADOW_REQUESTS.labels("compared").inc(len(batch))
-            # the analysis counts the challenger's calls (one failure is one error, one latency), its rows by row
-            metrics.observe_version(model.version, result.labels, result.probabilities, latency_s)
-            compare(_joined([c.champion for c in batch]), result)
+            champion = _joined([c.champion for c in batch])
+            worker = await self._worker_for(model)
+            if worker is not None:
+                await self._shadow_in_worker(worker, model, rows, champion, len(batch))
+            else:
+                await self._shadow_in_threads(model, rows, champion, len(batch))
+
+    async def _worker_for(self, model: LoadedModel) -> ShadowWorker | None:
+        """The worker process for `model`, started (and the previous one stopped) when needed; None when the
+        copies are predicted in threads (no files or no verifier here, or a worker could not start)."""
+        if self.worker is not None and self.worker.model is model and self.worker.alive:
+            return self.worker
+        await self._close_worker()
+        if self.verifier is None or model.model_path is None or self._worker_refused is model:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            worker = await loop.run_in_executor(
+                self.worker_pool, ShadowWorker, model, self.verifier, self.faults, self.timeout_s
+            )
+        except Exception as exc:  # cannot spawn here (a platform without processes): the threads do it
+            log.warning(
+                "no shadow worker process for v%s (%s): copies predicted in threads", model.version, exc
+            )
+            self._worker_refused = model
+            return None
+        try:
+            await loop.run_in_executor(self.worker_pool, worker.wait_ready)
+        except (WorkerFailed, TimeoutError) as exc:
+            log.error("%s; its copies are predicted in threads", exc)
+            self._worker_refused = model
+            return None
+        log.info("shadow copies of v%s are predicted in worker process %s", model.version, worker.pid)
+        self.worker = worker
+        return worker
+
+    async def _close_worker(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            await asyncio.get_running_loop().run_in_executor(self.worker_pool, worker.close)
+
+    async def _shadow_in_worker(
+        self, worker: ShadowWorker, model: LoadedModel, rows: np.ndarray, champion: Prediction, copies: int
+    ) -> None:
+        p = champion.probabilities
+        positive = p[:, -1] if p is not None and p.ndim == 2 and p.shape[1] >= 1 else None
+        try:
+            summary = await asyncio.get_running_loop().run_in_executor(
+                self.worker_pool, worker.call, rows, np.asarray(champion.labels), positive
+            )
+        except TimeoutError:
+            metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            return
+        except WorkerFailed as exc:
+            metrics.SHADOW_REQUESTS.labels("error").inc(copies)
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            log.debug("shadow prediction of v%s failed: %s", model.version, exc)
+            return
+        metrics.SHADOW_REQUESTS.labels("compared").inc(copies)
+        series = metrics.version_series(model.version)
+        series.ok.inc()
+        series.latency.observe(summary.latency_s)
+        metrics.add_counts(series, summary.labels, summary.bins)
+        count_agreement(summary.agree, summary.rows, summary.abs_delta)
+
+    async def _shadow_in_threads(
+        self, model: LoadedModel, rows: np.ndarray, champion: Prediction, copies: int
+    ) -> None:
+        try:
+            result, latency_s = await self.predict(model, rows)
+        except ChallengerBusy:
+            metrics.SHADOW_REQUESTS.labels("dropped").inc(copies)
+            await asyncio.sleep(0.01)  # its threads are stuck (timed out, still running): let them finish
+            return
+        except TimeoutError:
+            metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            return
+        except Exception as exc:
+            metrics.SHADOW_REQUESTS.labels("error").inc(copies)
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            log.debug("shadow prediction of v%s failed: %s", model.version, exc)
+            return
+        metrics.SHADOW_REQUESTS.labels("compared").inc(copies)
+        # the analysis counts the challenger's calls (one failure is one error, one latency), its rows by row
+        metrics.observe_version(model.version, result.labels, result.probabilities, latency_s)
+        compare(champion, result)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._shadow(), name="shadow")
@@ -281,20 +373,32 @@ class ChallengerRunner:
     async def stop(self) -> None:
         await cancel(self._task)
         self._task = None
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.worker_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def compare(champion: Prediction, challenger: Prediction) -> None:
     """Agreement and probability difference of two answers to the same rows, into the shadow metrics."""
     agree = int(np.count_nonzero(np.asarray(champion.labels) == np.asarray(challenger.labels)))
-    rows = len(champion.labels)
+    p, q = champion.probabilities, challenger.probabilities
+    delta = (
+        float(np.abs(q[:, -1] - p[:, -1]).sum())
+        if p is not None and q is not None and p.shape == q.shape
+        else None
+    )
+    count_agreement(agree, len(champion.labels), delta)
+
+
+def count_agreement(agree: int, rows: int, abs_delta: float | None) -> None:
     if agree:
         metrics.SHADOW_ROWS.labels("agree").inc(agree)
     if rows - agree:
         metrics.SHADOW_ROWS.labels("disagree").inc(rows - agree)
-    p, q = champion.probabilities, challenger.probabilities
-    if p is not None and q is not None and p.shape == q.shape:
-        metrics.SHADOW_ABS_DELTA.inc(float(np.abs(q[:, -1] - p[:, -1]).sum()))
+    if abs_delta is not None:
+        metrics.SHADOW_ABS_DELTA.inc(abs_delta)
 
 
 def _joined(answers: list[Prediction]) -> Prediction:

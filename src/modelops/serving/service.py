@@ -193,6 +193,7 @@ class ServingService:
             settings.challenger_timeout_ms / 1000,
             settings.shadow_queue_requests,
             faults=Faults(settings.fault_challenger_delay_ms / 1000, settings.fault_challenger_error_rate),
+            verifier=watcher.verifier,  # a shadow worker process verifies the challenger's files again
         )
         if self.challenger_runner.faults:
             log.warning(

@@ -1,0 +1,217 @@
+"""The challenger of a shadow rollout, predicting in a process of its own.
+
+Shadow copies used to be predicted on a thread of the serving process: the challenger's work then shared the
+serving process's interpreter lock (and, with the CPU limit of a container, its core) with the champion's
+requests, and showed in the champion's tail latency. Here the challenger runs in a child process started with
+the lowest scheduling priority (nice 19): the kernel runs it when the champion leaves the CPU idle, and nothing it
+does holds the champion's interpreter lock. The serving process only sends each batch of copies (the rows, the
+champion's labels and positive-class probabilities) and counts the summary that comes back.
+
+The child loads the challenger from the files the serving process downloaded, verifying their signature again
+with the same key and loading them the same way (no code from the artifact). It answers with plain JSON numbers
+(never a pickle), applies the rehearsal faults (`Faults`) as the threads do, and exits when the pipe closes. A
+batch that takes longer than the challenger's timeout gets the child killed; the next batch starts a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from modelops.serving.metrics import summarize
+
+if TYPE_CHECKING:
+    from modelops.serving.model import LoadedModel
+    from modelops.serving.routing import Faults
+    from modelops.signing import Verifier
+
+log = logging.getLogger(__name__)
+
+# Loading in the child: interpreter start, imports, signature check, load and warm-up, at the lowest priority on a
+# machine busy serving. Past this the child is killed and the copies meanwhile are dropped (and counted).
+START_TIMEOUT_S = 120.0
+
+
+class WorkerFailed(Exception):
+    """The child could not start, died, or answered with an error: the batch is counted as an error."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the serving process counts for one batch of copies."""
+
+    latency_s: float
+    agree: int
+    rows: int
+    abs_delta: float | None
+    labels: list[tuple[Any, int]]
+    bins: list[int] | None
+
+
+class ShadowWorker:
+    """One child process serving one challenger version. Blocking calls: run them off the event loop."""
+
+    def __init__(self, model: LoadedModel, verifier: Verifier, faults: Faults, timeout_s: float) -> None:
+        if model.model_path is None:
+            raise ValueError(f"challenger v{model.version} has no files on disk to load in a worker")
+        self.version = model.version
+        self.model = model
+        self.timeout_s = timeout_s
+        context = multiprocessing.get_context(
+            "spawn"
+        )  # a fresh interpreter: no lock or thread of ours copied
+        self._conn, child = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=_child,
+            args=(child, str(model.model_path), model.name, model.version, model.run_id, verifier, faults),
+            name=f"shadow-v{model.version}",
+            daemon=True,  # never outlives the serving process
+        )
+        self._process.start()
+        child.close()
+        self._ready = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def wait_ready(self) -> None:
+        """Block until the child has loaded and verified the challenger; WorkerFailed (and the child killed)
+        when it cannot."""
+        answer = self._receive(START_TIMEOUT_S, "start")
+        if "error" in answer:
+            self.close()
+            raise WorkerFailed(
+                f"challenger v{self.version} cannot load in the shadow worker: {answer['error']}"
+            )
+        self._ready = True
+
+    def call(self, rows: np.ndarray, labels: np.ndarray, positive: np.ndarray | None) -> Summary:
+        """The challenger's summary over `rows`, compared with the champion's `labels` and positive-class
+        probabilities; TimeoutError (and the child killed) past the timeout, WorkerFailed on its error."""
+        if not self._ready:
+            self.wait_ready()
+        try:
+            self._conn.send((rows, labels, positive))
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise WorkerFailed(f"shadow worker of v{self.version} is gone: {exc}") from None
+        answer = self._receive(self.timeout_s, "prediction")
+        if "error" in answer:
+            raise WorkerFailed(str(answer["error"]))
+        return Summary(
+            latency_s=float(answer["latency_s"]),
+            agree=int(answer["agree"]),
+            rows=int(answer["rows"]),
+            abs_delta=None if answer["abs_delta"] is None else float(answer["abs_delta"]),
+            labels=[(value, int(count)) for value, count in answer["labels"]],
+            bins=None if answer["bins"] is None else [int(b) for b in answer["bins"]],
+        )
+
+    def _receive(self, timeout_s: float, what: str) -> dict[str, Any]:
+        try:
+            ready = self._conn.poll(timeout_s)
+            # JSON only: the child's bytes are never unpickled
+            answer = orjson.loads(self._conn.recv_bytes(1 << 20)) if ready else None
+        except (EOFError, OSError, orjson.JSONDecodeError) as exc:
+            code = self._process.exitcode
+            self.close()
+            raise WorkerFailed(f"shadow worker of v{self.version} died (exit code {code}): {exc}") from None
+        if not ready:
+            self.close()
+            raise TimeoutError(f"shadow worker of v{self.version}: no {what} answer in {timeout_s:g} s")
+        if not isinstance(answer, dict):
+            self.close()
+            raise WorkerFailed(f"shadow worker of v{self.version} answered {type(answer).__name__}")
+        return answer
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def close(self) -> None:
+        """Stop the child (at once: it holds no state worth a goodbye)."""
+        self._conn.close()
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(timeout=5)
+
+
+def _child(
+    conn: Connection,
+    path: str,
+    name: str,
+    version: str,
+    run_id: str | None,
+    verifier: Verifier,
+    faults: Faults,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the server, which stops us
+    with contextlib.suppress(OSError):  # the lowest priority: the champion's requests come first
+        os.nice(19)
+    try:
+        import sklearn
+
+        from modelops.registry import VersionInfo
+        from modelops.serving.model import load_local
+
+        sklearn.set_config(
+            assume_finite=True, skip_parameter_validation=True
+        )  # as the server: rows are checked
+        info = VersionInfo(name, version, run_id, "", (), {}, 0)
+        model = load_local(Path(path), info, {}, verifier)
+        predict = faults.wrap(model)
+    except Exception as exc:
+        conn.send_bytes(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return
+    conn.send_bytes(orjson.dumps({"ready": True}))
+    while True:
+        try:
+            rows, labels, positive = conn.recv()
+        except (EOFError, OSError):  # the server closed the pipe or is gone
+            return
+        start = time.process_time()
+        try:
+            result = predict(rows)
+            if len(result.labels) != len(rows):
+                raise ValueError(f"answered {len(result.labels)} labels for {len(rows)} rows")
+        except Exception as exc:
+            conn.send_bytes(
+                orjson.dumps({"error": f"challenger v{version} failed: {type(exc).__name__}: {exc}"})
+            )
+            continue
+        # the challenger's own cost: CPU time (all its threads), plus a rehearsal's injected delay. Its wall time
+        # at the lowest priority on a busy server would measure the champion's load, not the challenger.
+        latency_s = time.process_time() - start + faults.delay_s
+        conn.send_bytes(
+            orjson.dumps(_compare(result.labels, result.probabilities, labels, positive, latency_s))
+        )
+
+
+def _compare(
+    labels: np.ndarray, probabilities: np.ndarray | None, champion: np.ndarray, positive: np.ndarray | None,
+    latency_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    counts, bins = summarize(labels, probabilities)
+    delta = None
+    if positive is not None and probabilities is not None and probabilities.ndim == 2:
+        delta = float(np.abs(probabilities[:, -1] - positive).sum())
+    return {
+        "latency_s": latency_s,
+        "agree": int(np.count_nonzero(np.asarray(labels) == np.asarray(champion))),
+        "rows": len(labels),
+        "abs_delta": delta,
+        "labels": counts,
+        "bins": bins,
+    }

@@ -1,0 +1,163 @@
+"""Shadow copies predicted in a worker process: a real signed model on disk, a real child process, a real pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+import mlflow.sklearn
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from modelops.registry import VersionInfo
+from modelops.serving import metrics
+from modelops.serving.model import LoadedModel, load_local
+from modelops.serving.routing import ChallengerRunner, Faults
+from modelops.serving.shadow_worker import START_TIMEOUT_S, ShadowWorker, WorkerFailed
+from modelops.signing import Verifier, sign_model
+
+DATA = load_breast_cancer(as_frame=True)
+X = DATA.data.to_numpy()
+NAME, RUN = "shadow-test-model", "0123456789abcdef0123456789abcdef"
+
+
+def signed_model(folder: Path, private_key: Path, seed: int) -> Path:
+    rows = np.random.default_rng(seed).choice(len(X), 300, replace=False)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(
+        DATA.data.iloc[rows], DATA.target.iloc[rows]
+    )
+    mlflow.sklearn.save_model(
+        model, str(folder), serialization_format="skops", input_example=DATA.data.head(2)
+    )
+    sign_model(folder, private_key, model_name=NAME, run_id=RUN)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path]) -> dict[str, object]:
+    """The champion and a challenger, loaded (and verified) the way the server loads them."""
+    root = tmp_path_factory.mktemp("shadow-models")
+    verifier = Verifier.from_path(signing_keys[1])
+    loaded = {}
+    for version, seed in (("1", 1), ("2", 2)):
+        folder = signed_model(root / f"v{version}", signing_keys[0], seed)
+        info = VersionInfo(NAME, version, RUN, "", (), {}, 0)
+        loaded[version] = load_local(folder, info, {}, verifier)
+    return {"champion": loaded["1"], "challenger": loaded["2"], "verifier": verifier, "root": root}
+
+
+def champion_answer(models: dict[str, object], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    answer = models["champion"].predict(rows)  # type: ignore[attr-defined]
+    return np.asarray(answer.labels), answer.probabilities[:, -1]
+
+
+def test_the_worker_compares_the_challenger_with_the_champion_in_its_own_low_priority_process(
+    models: dict[str, object],
+) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    worker = ShadowWorker(challenger, models["verifier"], Faults(), timeout_s=30)  # type: ignore[arg-type]
+    try:
+        worker.wait_ready()
+        assert worker.pid is not None and worker.pid != os.getpid()
+        assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 19  # the kernel serves the champion first
+        rows = X[:200]
+        labels, positive = champion_answer(models, rows)
+        summary = worker.call(rows, labels, positive)
+        mine = challenger.predict(rows)  # what the challenger answers in this process
+        assert summary.rows == 200
+        assert summary.agree == int(np.count_nonzero(np.asarray(mine.labels) == labels))
+        assert summary.abs_delta == pytest.approx(float(np.abs(mine.probabilities[:, -1] - positive).sum()))
+        assert dict(summary.labels) == {
+            int(v): int(c) for v, c in zip(*np.unique(mine.labels, return_counts=True), strict=True)
+        }
+        assert summary.bins is not None and sum(summary.bins) == 200
+        assert summary.latency_s >= 0
+        # the same worker answers again (one process per challenger, not per batch)
+        again = worker.call(rows[:5], labels[:5], positive[:5])
+        assert again.rows == 5 and worker.alive
+    finally:
+        worker.close()
+    assert not worker.alive
+
+
+def test_a_failing_challenger_is_an_error_and_a_stalled_one_is_killed_at_the_timeout(
+    models: dict[str, object],
+) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    rows = X[:10]
+    labels, positive = champion_answer(models, rows)
+    failing = ShadowWorker(challenger, models["verifier"], Faults(error_rate=1.0), timeout_s=30)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(WorkerFailed, match="injected fault"):
+            failing.call(rows, labels, positive)
+        assert failing.alive  # an error is the challenger's answer, not a reason to restart it
+    finally:
+        failing.close()
+    stalled = ShadowWorker(challenger, models["verifier"], Faults(delay_s=60), timeout_s=0.5)  # type: ignore[arg-type]
+    try:
+        stalled.wait_ready()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            stalled.call(rows, labels, positive)
+        assert time.monotonic() - started < 10, "the caller waited for the stalled challenger"
+        assert not stalled.alive  # killed, not left sleeping
+    finally:
+        stalled.close()
+
+
+def test_the_worker_verifies_the_files_again_and_refuses_a_tampered_model(
+    models: dict[str, object], tmp_path: Path
+) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    assert challenger.model_path is not None
+    copy = tmp_path / "model"
+    shutil.copytree(challenger.model_path, copy)
+    (copy / "MLmodel").write_text(
+        (copy / "MLmodel").read_text() + "\n# changed after the server checked it\n"
+    )
+    tampered = LoadedModel(**{**challenger.__dict__, "model_path": copy})
+    worker = ShadowWorker(tampered, models["verifier"], Faults(), timeout_s=30)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(WorkerFailed, match="files differ from its signature"):
+            worker.wait_ready()
+    finally:
+        worker.close()
+    assert START_TIMEOUT_S > 30  # a slow start on a busy machine is waited for, not taken for a failure
+
+
+def test_the_runner_sends_shadow_copies_to_the_worker_and_counts_every_one(models: dict[str, object]) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    champion: LoadedModel = models["champion"]  # type: ignore[assignment]
+
+    def count(outcome: str) -> float:
+        return float(metrics.SHADOW_REQUESTS.labels(outcome)._value.get())
+
+    def rows_counted() -> float:
+        return sum(float(metrics.SHADOW_ROWS.labels(a)._value.get()) for a in ("agree", "disagree"))
+
+    async def scenario() -> tuple[float, float, int | None]:
+        runner = ChallengerRunner(30, 1000, verifier=models["verifier"])  # type: ignore[arg-type]
+        runner.start()
+        compared, counted = count("compared"), rows_counted()
+        try:
+            for i in range(50):
+                rows = X[i : i + 1]
+                runner.offer(challenger, rows, champion.predict(rows))
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while count("compared") - compared < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            pid = runner.worker.pid if runner.worker is not None else None
+        finally:
+            await runner.stop()
+        return count("compared") - compared, rows_counted() - counted, pid
+
+    compared, counted, pid = asyncio.run(scenario())
+    assert compared == 50 and counted == 50
+    assert pid is not None  # predicted in the worker process, not in the server's threads
