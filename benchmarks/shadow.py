@@ -168,6 +168,19 @@ def rollout(url: str, action: str) -> None:
             time.sleep(0.2)
 
 
+def warm_up_worker(url: str, body: Path, rate: float, deadline_s: float = 120) -> None:
+    """Load until the challenger has compared copies: a shadow rollout's worker process starts (imports, verifies
+    and loads the challenger, at the lowest priority) when the first copies arrive, a one-off of a rollout that
+    lasts minutes or hours, not what the rounds measure."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        before = shadow_counts(url).get("compared", 0)
+        measure(f"{url}/predict", body, rate, 3)
+        if shadow_counts(url).get("compared", 0) > before:
+            return
+    raise RuntimeError(f"no shadow copy compared after {deadline_s:g} s of load")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,6 +272,7 @@ def main() -> int:
                 url = urls["stalled" if mode == "stalled" else "healthy"]
                 if mode != "none":
                     rollout(url, "start")
+                    warm_up_worker(url, files["features"], args.rate)
                     before = shadow_counts(url)
                 cpu_before = session_cpu_s(sessions[url])
                 result = measure(f"{url}/predict", files["features"], args.rate, args.duration_s)
@@ -272,7 +286,10 @@ def main() -> int:
                     copies[mode].append({k: after.get(k, 0) - before.get(k, 0) for k in after})
                     rollout(url, "abort")
                 shown = {k: round(v, 2) for k, v in result.items() if k != "latencies_ms"}
-                print(f"round {round_no + 1} {mode}: {shown} {copies.get(mode, [{}])[-1:]}", flush=True)
+                print(
+                    f"round {round_no + 1} {mode} (ended {time.time():.1f}): {shown} {copies.get(mode, [{}])[-1:]}",
+                    flush=True,
+                )
     finally:
         for server in servers:
             stop(server)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -68,22 +69,35 @@ class ShadowWorker:
         self.version = model.version
         self.model = model
         self.timeout_s = timeout_s
-        context = multiprocessing.get_context(
-            "spawn"
-        )  # a fresh interpreter: no lock or thread of ours copied
-        self._conn, child = context.Pipe(duplex=True)
-        self._process = context.Process(
-            target=_child,
-            args=(child, str(model.model_path), model.name, model.version, model.run_id, verifier, faults),
-            name=f"shadow-v{model.version}",
-            daemon=True,  # never outlives the serving process
+        # A fresh interpreter (nothing of this process copied), whose first act, before any import, is to lower
+        # its priority: its start-up (imports, signature check, load) is the costly part of its life.
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", CHILD_BOOT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
         )
-        self._process.start()
-        child.close()
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._send = Connection(os.dup(self._process.stdin.fileno()), readable=False)
+        self._recv = Connection(os.dup(self._process.stdout.fileno()), writable=False)
+        self._process.stdin.close()
+        self._process.stdout.close()
+        # what to load: sent once, from this (trusted) process
+        self._send.send(
+            (
+                str(model.model_path),
+                model.name,
+                model.version,
+                model.run_id,
+                str(verifier.public_key_file),
+                faults.delay_s,
+                faults.error_rate,
+            )
+        )
         self._ready = False
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self._process.pid
 
     def wait_ready(self) -> None:
@@ -103,7 +117,7 @@ class ShadowWorker:
         if not self._ready:
             self.wait_ready()
         try:
-            self._conn.send((rows, labels, positive))
+            self._send.send((rows, labels, positive))
         except (OSError, ValueError) as exc:
             self.close()
             raise WorkerFailed(f"shadow worker of v{self.version} is gone: {exc}") from None
@@ -121,11 +135,11 @@ class ShadowWorker:
 
     def _receive(self, timeout_s: float, what: str) -> dict[str, Any]:
         try:
-            ready = self._conn.poll(timeout_s)
+            ready = self._recv.poll(timeout_s)
             # JSON only: the child's bytes are never unpickled
-            answer = orjson.loads(self._conn.recv_bytes(1 << 20)) if ready else None
+            answer = orjson.loads(self._recv.recv_bytes(1 << 20)) if ready else None
         except (EOFError, OSError, orjson.JSONDecodeError) as exc:
-            code = self._process.exitcode
+            code = self._process.poll()
             self.close()
             raise WorkerFailed(f"shadow worker of v{self.version} died (exit code {code}): {exc}") from None
         if not ready:
@@ -138,47 +152,53 @@ class ShadowWorker:
 
     @property
     def alive(self) -> bool:
-        return self._process.is_alive()
+        return self._process.poll() is None
 
     def close(self) -> None:
         """Stop the child (at once: it holds no state worth a goodbye)."""
-        self._conn.close()
-        if self._process.is_alive():
+        for conn in (self._send, self._recv):
+            with contextlib.suppress(OSError):
+                conn.close()
+        if self._process.poll() is None:
             self._process.kill()
-        self._process.join(timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=5)
 
 
-def _child(
-    conn: Connection,
-    path: str,
-    name: str,
-    version: str,
-    run_id: str | None,
-    verifier: Verifier,
-    faults: Faults,
-) -> None:
+# The child's first lines: the lowest priority, then the real work (its imports happen after the nice).
+CHILD_BOOT = "import os; os.nice(19); from modelops.serving.shadow_worker import child_main; child_main()"
+
+
+def child_main() -> None:
+    """The worker process: read what to load from stdin, then batches; answer each in JSON on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the server, which stops us
-    with contextlib.suppress(OSError):  # the lowest priority: the champion's requests come first
-        os.nice(19)
+    recv = Connection(os.dup(0), writable=False)
+    send = Connection(os.dup(1), readable=False)
+    os.dup2(2, 1)  # anything printed goes to the server's log, never into the answers
     try:
+        path, name, version, run_id, key_file, delay_s, error_rate = recv.recv()
         import sklearn
 
         from modelops.registry import VersionInfo
         from modelops.serving.model import load_local
+        from modelops.serving.routing import Faults
+        from modelops.signing import Verifier
 
         sklearn.set_config(
             assume_finite=True, skip_parameter_validation=True
         )  # as the server: rows are checked
-        info = VersionInfo(name, version, run_id, "", (), {}, 0)
-        model = load_local(Path(path), info, {}, verifier)
+        faults = Faults(delay_s, error_rate)
+        model = load_local(
+            Path(path), VersionInfo(name, version, run_id, "", (), {}, 0), {}, Verifier(Path(key_file))
+        )
         predict = faults.wrap(model)
     except Exception as exc:
-        conn.send_bytes(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        send.send_bytes(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return
-    conn.send_bytes(orjson.dumps({"ready": True}))
+    send.send_bytes(orjson.dumps({"ready": True}))
     while True:
         try:
-            rows, labels, positive = conn.recv()
+            rows, labels, positive = recv.recv()
         except (EOFError, OSError):  # the server closed the pipe or is gone
             return
         start = time.process_time()
@@ -187,14 +207,14 @@ def _child(
             if len(result.labels) != len(rows):
                 raise ValueError(f"answered {len(result.labels)} labels for {len(rows)} rows")
         except Exception as exc:
-            conn.send_bytes(
+            send.send_bytes(
                 orjson.dumps({"error": f"challenger v{version} failed: {type(exc).__name__}: {exc}"})
             )
             continue
         # the challenger's own cost: CPU time (all its threads), plus a rehearsal's injected delay. Its wall time
         # at the lowest priority on a busy server would measure the champion's load, not the challenger.
         latency_s = time.process_time() - start + faults.delay_s
-        conn.send_bytes(
+        send.send_bytes(
             orjson.dumps(_compare(result.labels, result.probabilities, labels, positive, latency_s))
         )
 
