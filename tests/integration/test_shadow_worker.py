@@ -161,3 +161,61 @@ def test_the_runner_sends_shadow_copies_to_the_worker_and_counts_every_one(model
     compared, counted, pid = asyncio.run(scenario())
     assert compared == 50 and counted == 50
     assert pid is not None  # predicted in the worker process, not in the server's threads
+
+
+def test_the_worker_keeps_its_own_files_when_the_server_unloads_the_challenger_while_it_starts(
+    models: dict[str, object], tmp_path: Path
+) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    assert challenger.model_path is not None
+    download = tmp_path / "download"
+    shutil.copytree(challenger.model_path, download / "model")
+    mine = LoadedModel(**{**challenger.__dict__, "model_path": download / "model", "local_dir": download})
+    worker = ShadowWorker(mine, models["verifier"], Faults(), timeout_s=30)  # type: ignore[arg-type]
+    try:
+        mine.release()  # the rollout ended: the server deletes its download at once
+        assert not download.exists()
+        worker.wait_ready()
+        rows = X[:20]
+        labels, positive = champion_answer(models, rows)
+        assert worker.call(rows, labels, positive).rows == 20
+        files = worker.files
+        assert (
+            files.parent == tmp_path
+        )  # next to the server's downloads (a writable, cleaned-at-start folder)
+    finally:
+        worker.close()
+    assert not files.exists()  # its copy goes with it
+
+
+def test_copies_of_an_unloaded_challenger_are_dropped_not_predicted(models: dict[str, object]) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    champion: LoadedModel = models["champion"]  # type: ignore[assignment]
+    gone = LoadedModel(**{**challenger.__dict__, "local_dir": None, "released": True})
+
+    async def scenario() -> tuple[float, float, object]:
+        runner = ChallengerRunner(30, 1000, verifier=models["verifier"])  # type: ignore[arg-type]
+        runner.start()
+        dropped, compared = (
+            float(metrics.SHADOW_REQUESTS.labels(o)._value.get()) for o in ("dropped", "compared")
+        )
+        try:
+            for i in range(5):
+                runner.offer(gone, X[i : i + 1], champion.predict(X[i : i + 1]))
+            deadline = time.monotonic() + 30
+            while (
+                metrics.SHADOW_REQUESTS.labels("dropped")._value.get() - dropped < 5
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.05)
+            worker = runner.worker
+        finally:
+            await runner.stop()
+        return (
+            metrics.SHADOW_REQUESTS.labels("dropped")._value.get() - dropped,
+            metrics.SHADOW_REQUESTS.labels("compared")._value.get() - compared,
+            worker,
+        )
+
+    dropped, compared, worker = asyncio.run(scenario())
+    assert dropped == 5 and compared == 0 and worker is None  # no worker started for a rollout that is over

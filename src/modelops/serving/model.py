@@ -57,6 +57,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     load_duration_s: float = 0.0
     verify_duration_s: float = 0.0
+    released: bool = False  # no longer served (its files are gone)
 
     @property
     def n_features(self) -> int:
@@ -73,6 +74,7 @@ class LoadedModel:
 
     def release(self) -> None:
         """Drop the downloaded artifacts (the object itself goes when the last request lets go)."""
+        self.released = True
         if self.local_dir is not None:
             shutil.rmtree(self.local_dir, ignore_errors=True)
             self.local_dir = None

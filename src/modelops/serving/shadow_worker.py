@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,6 +33,7 @@ import numpy as np
 import orjson
 
 from modelops.serving.metrics import summarize
+from modelops.serving.model import MODEL_DIR_PREFIX
 
 if TYPE_CHECKING:
     from modelops.serving.model import LoadedModel
@@ -69,6 +72,15 @@ class ShadowWorker:
         self.version = model.version
         self.model = model
         self.timeout_s = timeout_s
+        # the worker's own copy of the files (hard links where it can): the server deletes its copy when the
+        # challenger is unloaded, which may happen while the worker still starts
+        work_dir = model.local_dir.parent if model.local_dir is not None else None
+        self.files = Path(tempfile.mkdtemp(prefix=f"{MODEL_DIR_PREFIX}shadow-{model.version}-", dir=work_dir))
+        try:
+            shutil.copytree(model.model_path, self.files / "model", copy_function=_link_or_copy)
+        except BaseException:
+            shutil.rmtree(self.files, ignore_errors=True)
+            raise
         # A fresh interpreter (nothing of this process copied), whose first act, before any import, is to lower
         # its priority: its start-up (imports, signature check, load) is the costly part of its life.
         self._process = subprocess.Popen(
@@ -85,7 +97,7 @@ class ShadowWorker:
         # what to load: sent once, from this (trusted) process
         self._send.send(
             (
-                str(model.model_path),
+                str(self.files / "model"),
                 model.name,
                 model.version,
                 model.run_id,
@@ -163,6 +175,14 @@ class ShadowWorker:
             self._process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=5)
+        shutil.rmtree(self.files, ignore_errors=True)
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, destination)
 
 
 # The child's first lines: the lowest priority, then the real work (its imports happen after the nice).

@@ -47,11 +47,14 @@ class ModelStore:
         return old
 
 
-def freeze_long_lived_objects() -> None:
+def freeze_long_lived_objects(collect: bool = True) -> None:
     """Move everything alive now (the interpreter, libraries, the model) out of the garbage collector's
     reach. Full collections otherwise walk those hundreds of thousands of objects again and again while
     requests wait: measured here as the bulk of the p99 at 32 connections (docs/benchmarks.md). Unfreezing
-    first lets the previous model, released above, be collected instead of staying frozen."""
-    gc.unfreeze()
-    gc.collect()
+    first lets the previous model, released above, be collected instead of staying frozen; that full collection
+    stops this process for about 200 ms here, so `collect=False` (a challenger's load) only freezes: what is
+    garbage now stays until the next swap's collection."""
+    if collect:
+        gc.unfreeze()
+        gc.collect()
     gc.freeze()
