@@ -270,7 +270,7 @@ class ChallengerRunner:
                 copy = await asyncio.wait_for(self.queue.get(), SHADOW_WORKER_IDLE_S)
                 break
             except TimeoutError:
-                await self._close_worker()  # idle: the shadow rollout is over (or paused)
+                await self._close_worker("idle")  # the shadow rollout is over (or paused)
         self.queued_rows -= len(copy.rows)
         return copy
 
@@ -294,10 +294,13 @@ class ChallengerRunner:
         copies are predicted in threads (no files or no verifier here, or a worker could not start)."""
         if self.worker is not None and self.worker.model is model and self.worker.alive:
             return self.worker
-        await self._close_worker()
+        await self._close_worker(
+            "exited" if self.worker is not None and not self.worker.alive else "replaced"
+        )
         if self.verifier is None or model.model_path is None or self._worker_refused is model:
             return None
         loop = asyncio.get_running_loop()
+        log.info("starting a shadow worker for v%s", model.version)
         try:
             worker = await loop.run_in_executor(
                 self.worker_pool, ShadowWorker, model, self.verifier, self.faults, self.timeout_s
@@ -318,9 +321,10 @@ class ChallengerRunner:
         self.worker = worker
         return worker
 
-    async def _close_worker(self) -> None:
+    async def _close_worker(self, why: str) -> None:
         worker, self.worker = self.worker, None
         if worker is not None:
+            log.info("shadow worker %s of v%s stops (%s)", worker.pid, worker.version, why)
             await asyncio.get_running_loop().run_in_executor(self.worker_pool, worker.close)
 
     async def _shadow_in_worker(
