@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modelops.registry import VersionInfo
-from modelops.serving import metrics
+from modelops.serving import metrics, shadow_worker
 from modelops.serving.model import LoadedModel, load_local
 from modelops.serving.routing import ChallengerRunner, Faults
 from modelops.serving.shadow_worker import START_TIMEOUT_S, ShadowWorker, WorkerFailed
@@ -55,7 +55,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, P
 
 def champion_answer(models: dict[str, object], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     answer = models["champion"].predict(rows)  # type: ignore[attr-defined]
-    return np.asarray(answer.labels), answer.probabilities[:, -1]
+    return np.asarray(answer.labels), answer.probabilities
 
 
 def test_the_worker_compares_the_challenger_with_the_champion_in_its_own_low_priority_process(
@@ -68,8 +68,9 @@ def test_the_worker_compares_the_challenger_with_the_champion_in_its_own_low_pri
         assert worker.pid is not None and worker.pid != os.getpid()
         assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 19  # the kernel serves the champion first
         rows = X[:200]
-        labels, positive = champion_answer(models, rows)
-        summary = worker.call(rows, labels, positive)
+        labels, probabilities = champion_answer(models, rows)
+        positive = probabilities[:, -1]
+        summary = worker.call(rows, labels, probabilities)
         mine = challenger.predict(rows)  # what the challenger answers in this process
         assert summary.rows == 200
         assert summary.agree == int(np.count_nonzero(np.asarray(mine.labels) == labels))
@@ -80,34 +81,42 @@ def test_the_worker_compares_the_challenger_with_the_champion_in_its_own_low_pri
         assert summary.bins is not None and sum(summary.bins) == 200
         assert summary.latency_s >= 0
         # the same worker answers again (one process per challenger, not per batch)
-        again = worker.call(rows[:5], labels[:5], positive[:5])
+        again = worker.call(rows[:5], labels[:5], probabilities[:5])
         assert again.rows == 5 and worker.alive
     finally:
         worker.close()
     assert not worker.alive
 
 
-def test_a_failing_challenger_is_an_error_and_a_stalled_one_is_killed_at_the_timeout(
-    models: dict[str, object],
+def test_a_failing_challenger_is_an_error_a_slow_one_reports_its_time_and_a_hung_one_is_killed(
+    models: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
     rows = X[:10]
-    labels, positive = champion_answer(models, rows)
+    labels, probabilities = champion_answer(models, rows)
     failing = ShadowWorker(challenger, models["verifier"], Faults(error_rate=1.0), timeout_s=30)  # type: ignore[arg-type]
     try:
         with pytest.raises(WorkerFailed, match="injected fault"):
-            failing.call(rows, labels, positive)
+            failing.call(rows, labels, probabilities)
         assert failing.alive  # an error is the challenger's answer, not a reason to restart it
     finally:
         failing.close()
+    # slower than its timeout: answered, with its own time (the runner counts it as a timeout, not the server's load)
+    slow = ShadowWorker(challenger, models["verifier"], Faults(delay_s=0.6), timeout_s=0.5)  # type: ignore[arg-type]
+    try:
+        assert slow.call(rows, labels, probabilities).latency_s >= 0.6 and slow.alive
+    finally:
+        slow.close()
+    # hung: killed at the safety limit (10x the timeout, here 5 s), not left sleeping
+    monkeypatch.setattr(shadow_worker, "WALL_LIMIT_MIN_S", 1.0)
     stalled = ShadowWorker(challenger, models["verifier"], Faults(delay_s=60), timeout_s=0.5)  # type: ignore[arg-type]
     try:
         stalled.wait_ready()
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            stalled.call(rows, labels, positive)
-        assert time.monotonic() - started < 10, "the caller waited for the stalled challenger"
-        assert not stalled.alive  # killed, not left sleeping
+            stalled.call(rows, labels, probabilities)
+        assert time.monotonic() - started < 15, "the caller waited for the hung challenger"
+        assert not stalled.alive
     finally:
         stalled.close()
 
@@ -177,8 +186,8 @@ def test_the_worker_keeps_its_own_files_when_the_server_unloads_the_challenger_w
         assert not download.exists()
         worker.wait_ready()
         rows = X[:20]
-        labels, positive = champion_answer(models, rows)
-        assert worker.call(rows, labels, positive).rows == 20
+        labels, probabilities = champion_answer(models, rows)
+        assert worker.call(rows, labels, probabilities).rows == 20
         files = worker.files
         assert (
             files.parent == tmp_path
@@ -219,3 +228,15 @@ def test_copies_of_an_unloaded_challenger_are_dropped_not_predicted(models: dict
 
     dropped, compared, worker = asyncio.run(scenario())
     assert dropped == 5 and compared == 0 and worker is None  # no worker started for a rollout that is over
+
+
+def test_the_worker_inherits_no_secret_and_no_metrics_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its metrics would merge into the server's (a 'no model loaded' gauge at 0 among them)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "a-secret")
+    monkeypatch.setenv("MODELOPS_ADMIN_TOKEN", "another-secret")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/metrics")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = shadow_worker.child_environment()
+    assert "MLFLOW_TRACKING_PASSWORD" not in env and "MODELOPS_ADMIN_TOKEN" not in env
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env
+    assert env["OMP_NUM_THREADS"] == "1"

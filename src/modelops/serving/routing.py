@@ -16,9 +16,11 @@ import hashlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -192,18 +194,19 @@ class ChallengerRunner:
         threads: int = 4,
         faults: Faults | None = None,
         verifier: Verifier | None = None,
+        allow_pyfunc: bool = False,
     ) -> None:
         self.timeout_s = timeout_s
         self.faults = faults or Faults()
         self.threads = threads
         self.verifier = verifier
+        self.allow_pyfunc = allow_pyfunc
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="challenger")
         # the one thread that talks to the shadow worker (it waits on the pipe without the interpreter lock)
         self.worker_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-worker")
         self.worker: ShadowWorker | None = None
-        self._worker_refused: LoadedModel | None = (
-            None  # could not start a worker for it: its copies use threads
-        )
+        # the challenger a worker could not start for: its copies use threads (weak: it keeps no model alive)
+        self._worker_refused: weakref.ref[LoadedModel] | None = None
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
         self.queued_rows = 0
         self.running = 0  # predictions in the pool, including timed-out ones still running
@@ -277,17 +280,26 @@ class ChallengerRunner:
     async def _shadow(self) -> None:
         while True:
             batch = await self._next_batch()
-            model = batch[0].model
-            if model.released:  # copies of a rollout that is over: the challenger is unloaded
-                metrics.SHADOW_REQUESTS.labels("dropped").inc(len(batch))
-                continue
-            rows = batch[0].rows if len(batch) == 1 else np.concatenate([c.rows for c in batch])
-            champion = _joined([c.champion for c in batch])
-            worker = await self._worker_for(model)
-            if worker is not None:
-                await self._shadow_in_worker(worker, model, rows, champion, len(batch))
-            else:
-                await self._shadow_in_threads(model, rows, champion, len(batch))
+            try:
+                await self._shadow_batch(batch)
+            except Exception:  # a bug here must not end shadow comparisons for the rest of the process's life
+                log.exception("shadow batch of %d copies failed", len(batch))
+                metrics.SHADOW_REQUESTS.labels("error").inc(len(batch))
+
+    async def _shadow_batch(self, batch: list[_Copy]) -> None:
+        model = batch[0].model
+        if model.released:  # copies of a rollout that is over: the challenger is unloaded
+            metrics.SHADOW_REQUESTS.labels("dropped").inc(len(batch))
+            return
+        rows = batch[0].rows if len(batch) == 1 else np.concatenate([c.rows for c in batch])
+        champion = _joined([c.champion for c in batch])
+        worker = await self._worker_for(model)
+        if model.released:  # unloaded while its worker started
+            metrics.SHADOW_REQUESTS.labels("dropped").inc(len(batch))
+        elif worker is not None:
+            await self._shadow_in_worker(worker, model, rows, champion, len(batch))
+        else:
+            await self._shadow_in_threads(model, rows, champion, len(batch))
 
     async def _worker_for(self, model: LoadedModel) -> ShadowWorker | None:
         """The worker process for `model`, started (and the previous one stopped) when needed; None when the
@@ -297,29 +309,38 @@ class ChallengerRunner:
         await self._close_worker(
             "exited" if self.worker is not None and not self.worker.alive else "replaced"
         )
-        if self.verifier is None or model.model_path is None or self._worker_refused is model:
+        refused = self._worker_refused() if self._worker_refused is not None else None
+        if self.verifier is None or model.model_path is None or model.released or refused is model:
             return None
         loop = asyncio.get_running_loop()
         log.info("starting a shadow worker for v%s", model.version)
         try:
-            worker = await loop.run_in_executor(
-                self.worker_pool, ShadowWorker, model, self.verifier, self.faults, self.timeout_s
+            self.worker = await loop.run_in_executor(
+                self.worker_pool,
+                partial(ShadowWorker, allow_pyfunc=self.allow_pyfunc),
+                model,
+                self.verifier,
+                self.faults,
+                self.timeout_s,
             )
-        except Exception as exc:  # cannot spawn here (a platform without processes): the threads do it
-            log.warning(
-                "no shadow worker process for v%s (%s): copies predicted in threads", model.version, exc
+        except Exception as exc:  # cannot spawn here, or the files are gone: the threads do it
+            log.error(
+                "no shadow worker process for v%s (%s): its copies are predicted in threads",
+                model.version,
+                exc,
             )
-            self._worker_refused = model
+            self._worker_refused = weakref.ref(model)
             return None
-        try:
-            await loop.run_in_executor(self.worker_pool, worker.wait_ready)
+        try:  # in self.worker while it starts, so that stop() ends it
+            await loop.run_in_executor(self.worker_pool, self.worker.wait_ready)
         except (WorkerFailed, TimeoutError) as exc:
-            log.error("%s; its copies are predicted in threads", exc)
-            self._worker_refused = model
+            if not model.released:
+                log.error("%s; its copies are predicted in threads", exc)
+            self._worker_refused = weakref.ref(model)
+            await self._close_worker("did not start")
             return None
-        log.info("shadow copies of v%s are predicted in worker process %s", model.version, worker.pid)
-        self.worker = worker
-        return worker
+        log.info("shadow copies of v%s are predicted in worker process %s", model.version, self.worker.pid)
+        return self.worker
 
     async def _close_worker(self, why: str) -> None:
         worker, self.worker = self.worker, None
@@ -330,13 +351,11 @@ class ChallengerRunner:
     async def _shadow_in_worker(
         self, worker: ShadowWorker, model: LoadedModel, rows: np.ndarray, champion: Prediction, copies: int
     ) -> None:
-        p = champion.probabilities
-        positive = p[:, -1] if p is not None and p.ndim == 2 and p.shape[1] >= 1 else None
         try:
             summary = await asyncio.get_running_loop().run_in_executor(
-                self.worker_pool, worker.call, rows, np.asarray(champion.labels), positive
+                self.worker_pool, worker.call, rows, np.asarray(champion.labels), champion.probabilities
             )
-        except TimeoutError:
+        except TimeoutError:  # no answer within the safety limit (10x the timeout): hung, and killed
             metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
             metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
             return
@@ -344,6 +363,10 @@ class ChallengerRunner:
             metrics.SHADOW_REQUESTS.labels("error").inc(copies)
             metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
             log.debug("shadow prediction of v%s failed: %s", model.version, exc)
+            return
+        if summary.latency_s > self.timeout_s:  # the challenger's own time (CPU and any rehearsal delay)
+            metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
+            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
             return
         metrics.SHADOW_REQUESTS.labels("compared").inc(copies)
         series = metrics.version_series(model.version)

@@ -194,6 +194,7 @@ class ServingService:
             settings.shadow_queue_requests,
             faults=Faults(settings.fault_challenger_delay_ms / 1000, settings.fault_challenger_error_rate),
             verifier=watcher.verifier,  # a shadow worker process verifies the challenger's files again
+            allow_pyfunc=settings.allow_pyfunc_models,
         )
         if self.challenger_runner.faults:
             log.warning(

@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 # Loading in the child: interpreter start, imports, signature check, load and warm-up, at the lowest priority on a
 # machine busy serving. Past this the child is killed and the copies meanwhile are dropped (and counted).
 START_TIMEOUT_S = 120.0
+# The wall-clock limit of one batch: a safety net for a hung challenger, far above its own timeout (which is judged
+# on the latency the child reports), so that a loaded server starving the worker does not fail the challenger.
+WALL_LIMIT_FACTOR = 10
+WALL_LIMIT_MIN_S = 30.0
+# What the child inherits: locale, temp folder and the numeric libraries' thread settings; never the server's
+# secrets, and not PROMETHEUS_MULTIPROC_DIR.
+CHILD_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+CHILD_ENV_PREFIXES = ("OMP_", "OPENBLAS_", "MKL_")
+
+
+def child_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in CHILD_ENV_KEYS or k.startswith(CHILD_ENV_PREFIXES)}
 
 
 class WorkerFailed(Exception):
@@ -66,51 +78,66 @@ class Summary:
 class ShadowWorker:
     """One child process serving one challenger version. Blocking calls: run them off the event loop."""
 
-    def __init__(self, model: LoadedModel, verifier: Verifier, faults: Faults, timeout_s: float) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        verifier: Verifier,
+        faults: Faults,
+        timeout_s: float,
+        allow_pyfunc: bool = False,
+    ) -> None:
         if model.model_path is None:
             raise ValueError(f"challenger v{model.version} has no files on disk to load in a worker")
         self.version = model.version
         self.model = model
         self.timeout_s = timeout_s
+        self._ready = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
         # the worker's own copy of the files (hard links where it can): the server deletes its copy when the
         # challenger is unloaded, which may happen while the worker still starts
         work_dir = model.local_dir.parent if model.local_dir is not None else None
         self.files = Path(tempfile.mkdtemp(prefix=f"{MODEL_DIR_PREFIX}shadow-{model.version}-", dir=work_dir))
         try:
             shutil.copytree(model.model_path, self.files / "model", copy_function=_link_or_copy)
-        except BaseException:
-            shutil.rmtree(self.files, ignore_errors=True)
-            raise
-        # A fresh interpreter (nothing of this process copied), whose first act, before any import, is to lower
-        # its priority: its start-up (imports, signature check, load) is the costly part of its life.
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", CHILD_BOOT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._send = Connection(os.dup(self._process.stdin.fileno()), readable=False)
-        self._recv = Connection(os.dup(self._process.stdout.fileno()), writable=False)
-        self._process.stdin.close()
-        self._process.stdout.close()
-        # what to load: sent once, from this (trusted) process
-        self._send.send(
-            (
-                str(self.files / "model"),
-                model.name,
-                model.version,
-                model.run_id,
-                str(verifier.public_key_file),
-                faults.delay_s,
-                faults.error_rate,
+            # A fresh interpreter (nothing of this process copied; -I: no current folder on its path, no PYTHON*
+            # variables) with a minimal environment (none of the server's secrets, and no metrics folder: its
+            # metrics would merge into the server's), whose first act, before any import, is to lower its priority:
+            # its start-up (imports, signature check, load) is the costly part of its life.
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-c", CHILD_BOOT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+                cwd=self.files,
+                env=child_environment(),
             )
-        )
-        self._ready = False
+            assert self._process.stdin is not None and self._process.stdout is not None
+            self._send = Connection(os.dup(self._process.stdin.fileno()), readable=False)
+            self._recv = Connection(os.dup(self._process.stdout.fileno()), writable=False)
+            self._process.stdin.close()
+            self._process.stdout.close()
+            # what to load: sent once, from this (trusted) process
+            self._send.send(
+                (
+                    str(self.files / "model"),
+                    model.name,
+                    model.version,
+                    model.run_id,
+                    str(verifier.public_key_file),
+                    faults.delay_s,
+                    faults.error_rate,
+                    allow_pyfunc,
+                )
+            )
+        except BaseException:
+            self.close()
+            raise
 
     @property
-    def pid(self) -> int:
-        return self._process.pid
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def wait_ready(self) -> None:
         """Block until the child has loaded and verified the challenger; WorkerFailed (and the child killed)
@@ -123,17 +150,22 @@ class ShadowWorker:
             )
         self._ready = True
 
-    def call(self, rows: np.ndarray, labels: np.ndarray, positive: np.ndarray | None) -> Summary:
-        """The challenger's summary over `rows`, compared with the champion's `labels` and positive-class
-        probabilities; TimeoutError (and the child killed) past the timeout, WorkerFailed on its error."""
+    def call(self, rows: np.ndarray, labels: np.ndarray, probabilities: np.ndarray | None) -> Summary:
+        """The challenger's summary over `rows`, compared with the champion's `labels` and `probabilities`.
+        WorkerFailed on the challenger's error; TimeoutError (and the child killed) when no answer came within the
+        safety limit (`wall_limit_s`): at the lowest priority, wall time measures the server's load as much as the
+        challenger, so the challenger's own timeout is judged on the latency the child reports."""
         if not self._ready:
             self.wait_ready()
+        assert self._send is not None
+        positive = probabilities[:, -1] if probabilities is not None and probabilities.ndim == 2 else None
+        classes = probabilities.shape[1] if probabilities is not None and probabilities.ndim == 2 else None
         try:
-            self._send.send((rows, labels, positive))
+            self._send.send((rows, labels, positive, classes))
         except (OSError, ValueError) as exc:
             self.close()
             raise WorkerFailed(f"shadow worker of v{self.version} is gone: {exc}") from None
-        answer = self._receive(self.timeout_s, "prediction")
+        answer = self._receive(self.wall_limit_s, "prediction")
         if "error" in answer:
             raise WorkerFailed(str(answer["error"]))
         return Summary(
@@ -145,7 +177,12 @@ class ShadowWorker:
             bins=None if answer["bins"] is None else [int(b) for b in answer["bins"]],
         )
 
+    @property
+    def wall_limit_s(self) -> float:
+        return max(self.timeout_s * WALL_LIMIT_FACTOR, WALL_LIMIT_MIN_S)
+
     def _receive(self, timeout_s: float, what: str) -> dict[str, Any]:
+        assert self._recv is not None and self._process is not None
         try:
             ready = self._recv.poll(timeout_s)
             # JSON only: the child's bytes are never unpickled
@@ -164,17 +201,19 @@ class ShadowWorker:
 
     @property
     def alive(self) -> bool:
-        return self._process.poll() is None
+        return self._process is not None and self._process.poll() is None
 
     def close(self) -> None:
         """Stop the child (at once: it holds no state worth a goodbye)."""
         for conn in (self._send, self._recv):
-            with contextlib.suppress(OSError):
-                conn.close()
-        if self._process.poll() is None:
-            self._process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._process.wait(timeout=5)
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
         shutil.rmtree(self.files, ignore_errors=True)
 
 
@@ -196,7 +235,7 @@ def child_main() -> None:
     send = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # anything printed goes to the server's log, never into the answers
     try:
-        path, name, version, run_id, key_file, delay_s, error_rate = recv.recv()
+        path, name, version, run_id, key_file, delay_s, error_rate, allow_pyfunc = recv.recv()
         import sklearn
 
         from modelops.registry import VersionInfo
@@ -204,13 +243,11 @@ def child_main() -> None:
         from modelops.serving.routing import Faults
         from modelops.signing import Verifier
 
-        sklearn.set_config(
-            assume_finite=True, skip_parameter_validation=True
-        )  # as the server: rows are checked
+        # as the server: rows are checked before they get here
+        sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
         faults = Faults(delay_s, error_rate)
-        model = load_local(
-            Path(path), VersionInfo(name, version, run_id, "", (), {}, 0), {}, Verifier(Path(key_file))
-        )
+        info = VersionInfo(name, version, run_id, "", (), {}, 0)
+        model = load_local(Path(path), info, {}, Verifier(Path(key_file)), allow_pyfunc)
         predict = faults.wrap(model)
     except Exception as exc:
         send.send_bytes(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
@@ -218,7 +255,7 @@ def child_main() -> None:
     send.send_bytes(orjson.dumps({"ready": True}))
     while True:
         try:
-            rows, labels, positive = recv.recv()
+            rows, labels, positive, classes = recv.recv()
         except (EOFError, OSError):  # the server closed the pipe or is gone
             return
         start = time.process_time()
@@ -226,26 +263,34 @@ def child_main() -> None:
             result = predict(rows)
             if len(result.labels) != len(rows):
                 raise ValueError(f"answered {len(result.labels)} labels for {len(rows)} rows")
-        except Exception as exc:
-            send.send_bytes(
-                orjson.dumps({"error": f"challenger v{version} failed: {type(exc).__name__}: {exc}"})
+            # the challenger's own cost: CPU time (all its threads), plus a rehearsal's injected delay. Its wall
+            # time at the lowest priority on a busy server would measure the champion's load, not the challenger.
+            latency_s = time.process_time() - start + faults.delay_s
+            answer = orjson.dumps(
+                _compare(result.labels, result.probabilities, labels, positive, classes, latency_s)
             )
-            continue
-        # the challenger's own cost: CPU time (all its threads), plus a rehearsal's injected delay. Its wall time
-        # at the lowest priority on a busy server would measure the champion's load, not the challenger.
-        latency_s = time.process_time() - start + faults.delay_s
-        send.send_bytes(
-            orjson.dumps(_compare(result.labels, result.probabilities, labels, positive, latency_s))
-        )
+        except Exception as exc:
+            answer = orjson.dumps({"error": f"challenger v{version} failed: {type(exc).__name__}: {exc}"})
+        send.send_bytes(answer)
 
 
 def _compare(
-    labels: np.ndarray, probabilities: np.ndarray | None, champion: np.ndarray, positive: np.ndarray | None,
+    labels: np.ndarray,
+    probabilities: np.ndarray | None,
+    champion: np.ndarray,
+    positive: np.ndarray | None,
+    classes: int | None,
     latency_s: float,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     counts, bins = summarize(labels, probabilities)
     delta = None
-    if positive is not None and probabilities is not None and probabilities.ndim == 2:
+    # only over the same classes' probabilities, as the in-process comparison
+    if (
+        positive is not None
+        and probabilities is not None
+        and probabilities.ndim == 2
+        and probabilities.shape[1] == classes
+    ):
         delta = float(np.abs(probabilities[:, -1] - positive).sum())
     return {
         "latency_s": latency_s,
