@@ -180,10 +180,12 @@ def session_rss(sid: int) -> tuple[float, int]:
 
 
 def session_cpu_s(sid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of session `sid`."""
+    """CPU seconds (user + system) used so far by the live processes of session `sid`, and by the children they
+    have reaped (a finished worker process's time moves to its parent's cutime/cstime: without them, a child ending
+    during a measurement would subtract its whole life from it)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    # utime and stime are the 12th and 13th fields after the command name
-    return sum(int(f[11]) + int(f[12]) for _, f in session_processes(sid)) / ticks
+    # utime, stime, cutime and cstime are the 12th to 15th fields after the command name
+    return sum(sum(int(x) for x in f[11:15]) for _, f in session_processes(sid)) / ticks
 
 
 # -- load -----------------------------------------------------------------------------------------------------

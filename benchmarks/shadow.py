@@ -8,9 +8,11 @@ slowing the client down) of single-row /predict bodies, from a separate process 
 - "stalled challenger": a second server whose challenger predictions each stall 10 s (fault injection,
   MODELOPS_FAULT_CHALLENGER_DELAY_MS=10000, challenger timeout 15 s), shadow at 100%.
 The champion's p50/p99 are measured by the client; the copies compared / dropped / timed out from /metrics.
-No controller runs: the rollout stays at its step for the whole measurement.
+No controller runs: the rollout stays at its step for the whole measurement. Also reported: the server's CPU time per
+request (all its processes, the shadow worker included), a cost measure steadier than a tail latency.
 
-    python benchmarks/shadow.py [--rate 300] [--duration-s 10] [--rounds 3] [--write docs/shadow.md]
+    python benchmarks/shadow.py [--rate 300] [--duration-s 10] [--rounds 3] [--modes none,shadow,stalled]
+                                [--write docs/shadow.md] [--raw every-latency.json]
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from serving import (  # noqa: E402
     session_cpu_s,
     start_and_wait,
     stop,
-    train_signed_model,
 )
 
 TOKEN = "benchmark-admin-token-0123456789abcdef"
@@ -211,36 +212,36 @@ def main() -> int:
     copies: dict[str, list[dict[str, float]]] = {"shadow": [], "stalled": []}
     servers: list[Peer] = []
     try:
-        tracking.grant(MODEL)
         private, public = tmp / "signing-key.pem", tmp / "signing-public.pem"
         generate_keypair(private, public)
         trainer = {**principal_env("trainer"), "MODELOPS_SIGNING_KEY_PATH": str(private)}
-        os.environ.update(principal_env("trainer"))
-        train_signed_model(tmp, tracking.uri, trainer)
-        subprocess.run(
-            [
-                str(VENV_BIN / "modelops"),
-                "train",
-                "--tracking-uri",
-                tracking.uri,
-                "--model-name",
-                MODEL,
-                "--promote",
-                "never",
-                "--seed",
-                "7",
-            ],
-            env={**os.environ, **trainer},
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+        # Each server follows its own registered model: a rollout is registry state, and a server following the
+        # other's rollout would shadow (and load a challenger) in rounds meant to have none.
+        names = {"healthy": MODEL, "stalled": f"{MODEL}Stalled"}
+        for name in names.values():
+            tracking.grant(name)
+            # v1 becomes the champion (no champion yet), v2 (another seed) is the challenger
+            for extra in ([], ["--promote", "never", "--seed", "7"]):
+                subprocess.run(
+                    [
+                        str(VENV_BIN / "modelops"),
+                        "train",
+                        "--tracking-uri",
+                        tracking.uri,
+                        "--model-name",
+                        name,
+                        *extra,
+                    ],
+                    env={**os.environ, **trainer},
+                    check=True,
+                    capture_output=True,
+                    timeout=300,
+                )
         data = load_breast_cancer(as_frame=True)
         files = bodies(tmp, data.data.to_numpy().tolist(), list(data.data.columns), INPUT_NAME)
         base_env = {
             **principal_env("model-server"),
             "MLFLOW_TRACKING_URI": tracking.uri,
-            "MODELOPS_MODEL_NAME": MODEL,
             "MODELOPS_SIGNING_PUBLIC_KEY_PATH": str(public),
             "MODELOPS_ADMIN_TOKEN": TOKEN,
             "MODELOPS_REGISTRY_WRITE_USERNAME": "operator",
@@ -257,6 +258,7 @@ def main() -> int:
         for key, env in (("healthy", base_env), ("stalled", stalled_env)):
             if key == "stalled" and "stalled" not in modes:
                 continue
+            env = {**env, "MODELOPS_MODEL_NAME": names[key]}
             port = free_port()
             server = Peer(
                 key, key, pinned(serve_argv(port, 1), SERVER_CPUS), env, port, {"features": "/predict"}
@@ -323,7 +325,10 @@ def main() -> int:
         "p50 and p99 are over every request of every round of a mode (pooled); the paired change is the median "
         "over rounds of each round's p99 against the no-rollout round just before it. Server CPU is the user and "
         "system time of the server's processes over a round divided by the requests it answered (median over "
-        "rounds): a cost measure much steadier than a tail latency on a shared machine.",
+        "rounds): a cost measure much steadier than a tail latency on a shared machine. With two or more cores the "
+        "server runs on the first and the load client on the others; each server follows its own registered "
+        "model; before each shadow round, load runs until the challenger's worker process has compared copies "
+        "(its start is a one-off of a rollout, not what the rounds measure).",
         "",
         "| mode | answered req/s | errors | champion p50 ms | champion p99 ms | p99 vs no rollout (pooled) "
         "| p99 change (paired, median) | max ms | server CPU µs per request | CPU change (paired, median) |",
