@@ -53,6 +53,13 @@ def models(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, P
     return {"champion": loaded["1"], "challenger": loaded["2"], "verifier": verifier, "root": root}
 
 
+def copied(model: LoadedModel, download: Path) -> LoadedModel:
+    """`model` with its files copied into `download/model`, as a server's download of it."""
+    assert model.model_path is not None
+    shutil.copytree(model.model_path, download / "model")
+    return LoadedModel(**{**model.__dict__, "model_path": download / "model", "local_dir": download})
+
+
 def champion_answer(models: dict[str, object], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     answer = models["champion"].predict(rows)  # type: ignore[attr-defined]
     return np.asarray(answer.labels), answer.probabilities
@@ -124,14 +131,10 @@ def test_a_failing_challenger_is_an_error_a_slow_one_reports_its_time_and_a_hung
 def test_the_worker_verifies_the_files_again_and_refuses_a_tampered_model(
     models: dict[str, object], tmp_path: Path
 ) -> None:
-    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
-    assert challenger.model_path is not None
-    copy = tmp_path / "model"
-    shutil.copytree(challenger.model_path, copy)
-    (copy / "MLmodel").write_text(
-        (copy / "MLmodel").read_text() + "\n# changed after the server checked it\n"
-    )
-    tampered = LoadedModel(**{**challenger.__dict__, "model_path": copy})
+    tampered = copied(models["challenger"], tmp_path)  # type: ignore[arg-type]
+    assert tampered.model_path is not None
+    mlmodel = tampered.model_path / "MLmodel"
+    mlmodel.write_text(mlmodel.read_text() + "\n# changed after the server checked it\n")
     worker = ShadowWorker(tampered, models["verifier"], Faults(), timeout_s=30)  # type: ignore[arg-type]
     try:
         with pytest.raises(WorkerFailed, match="files differ from its signature"):
@@ -175,11 +178,8 @@ def test_the_runner_sends_shadow_copies_to_the_worker_and_counts_every_one(model
 def test_the_worker_keeps_its_own_files_when_the_server_unloads_the_challenger_while_it_starts(
     models: dict[str, object], tmp_path: Path
 ) -> None:
-    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
-    assert challenger.model_path is not None
     download = tmp_path / "download"
-    shutil.copytree(challenger.model_path, download / "model")
-    mine = LoadedModel(**{**challenger.__dict__, "model_path": download / "model", "local_dir": download})
+    mine = copied(models["challenger"], download)  # type: ignore[arg-type]
     worker = ShadowWorker(mine, models["verifier"], Faults(), timeout_s=30)  # type: ignore[arg-type]
     try:
         mine.release()  # the rollout ended: the server deletes its download at once

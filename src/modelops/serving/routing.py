@@ -29,7 +29,7 @@ from modelops.registry import Registry
 from modelops.rollout.state import ROLLOUT_TAG, RolloutState
 from modelops.serving import metrics
 from modelops.serving.model import LoadedModel, Prediction
-from modelops.serving.shadow_worker import ShadowWorker, WorkerFailed
+from modelops.serving.shadow_worker import ShadowWorker, WorkerFailed, agreement, positive_class
 from modelops.serving.store import freeze_long_lived_objects
 from modelops.serving.tasks import cancel
 from modelops.serving.watcher import AliasWatcher
@@ -356,17 +356,14 @@ class ChallengerRunner:
                 self.worker_pool, worker.call, rows, np.asarray(champion.labels), champion.probabilities
             )
         except TimeoutError:  # no answer within the safety limit (10x the timeout): hung, and killed
-            metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            _count_failure(model, "timeout", copies)
             return
         except WorkerFailed as exc:
-            metrics.SHADOW_REQUESTS.labels("error").inc(copies)
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            _count_failure(model, "error", copies)
             log.debug("shadow prediction of v%s failed: %s", model.version, exc)
             return
         if summary.latency_s > self.timeout_s:  # the challenger's own time (CPU and any rehearsal delay)
-            metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            _count_failure(model, "timeout", copies)
             return
         metrics.SHADOW_REQUESTS.labels("compared").inc(copies)
         series = metrics.version_series(model.version)
@@ -385,12 +382,10 @@ class ChallengerRunner:
             await asyncio.sleep(0.01)  # its threads are stuck (timed out, still running): let them finish
             return
         except TimeoutError:
-            metrics.SHADOW_REQUESTS.labels("timeout").inc(copies)
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            _count_failure(model, "timeout", copies)
             return
         except Exception as exc:
-            metrics.SHADOW_REQUESTS.labels("error").inc(copies)
-            metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+            _count_failure(model, "error", copies)
             log.debug("shadow prediction of v%s failed: %s", model.version, exc)
             return
         metrics.SHADOW_REQUESTS.labels("compared").inc(copies)
@@ -411,15 +406,16 @@ class ChallengerRunner:
         self.worker_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _count_failure(model: LoadedModel, outcome: str, copies: int) -> None:
+    """A failed challenger call on a batch of shadow copies: its copies by outcome, one error of the version."""
+    metrics.SHADOW_REQUESTS.labels(outcome).inc(copies)
+    metrics.VERSION_REQUESTS.labels(model.version, "error").inc()
+
+
 def compare(champion: Prediction, challenger: Prediction) -> None:
     """Agreement and probability difference of two answers to the same rows, into the shadow metrics."""
-    agree = int(np.count_nonzero(np.asarray(champion.labels) == np.asarray(challenger.labels)))
-    p, q = champion.probabilities, challenger.probabilities
-    delta = (
-        float(np.abs(q[:, -1] - p[:, -1]).sum())
-        if p is not None and q is not None and p.shape == q.shape
-        else None
-    )
+    positive, classes = positive_class(champion.probabilities)
+    agree, delta = agreement(champion.labels, positive, classes, challenger.labels, challenger.probabilities)
     count_agreement(agree, len(champion.labels), delta)
 
 

@@ -158,8 +158,7 @@ class ShadowWorker:
         if not self._ready:
             self.wait_ready()
         assert self._send is not None
-        positive = probabilities[:, -1] if probabilities is not None and probabilities.ndim == 2 else None
-        classes = probabilities.shape[1] if probabilities is not None and probabilities.ndim == 2 else None
+        positive, classes = positive_class(probabilities)
         try:
             self._send.send((rows, labels, positive, classes))
         except (OSError, ValueError) as exc:
@@ -283,20 +282,39 @@ def _compare(
     latency_s: float,
 ) -> dict[str, Any]:
     counts, bins = summarize(labels, probabilities)
-    delta = None
-    # only over the same classes' probabilities, as the in-process comparison
-    if (
-        positive is not None
-        and probabilities is not None
-        and probabilities.ndim == 2
-        and probabilities.shape[1] == classes
-    ):
-        delta = float(np.abs(probabilities[:, -1] - positive).sum())
+    agree, delta = agreement(champion, positive, classes, labels, probabilities)
     return {
         "latency_s": latency_s,
-        "agree": int(np.count_nonzero(np.asarray(labels) == np.asarray(champion))),
+        "agree": agree,
         "rows": len(labels),
         "abs_delta": delta,
         "labels": counts,
         "bins": bins,
     }
+
+
+def positive_class(probabilities: np.ndarray | None) -> tuple[np.ndarray | None, int | None]:
+    """The positive class's column of N x C probabilities and C; (None, None) without them."""
+    if probabilities is None or probabilities.ndim != 2:
+        return None, None
+    return probabilities[:, -1], probabilities.shape[1]
+
+
+def agreement(
+    champion: Any,
+    positive: np.ndarray | None,
+    classes: int | None,
+    labels: Any,
+    probabilities: np.ndarray | None,
+) -> tuple[int, float | None]:
+    """Rows where the challenger's label equals the champion's, and the sum of |challenger - champion|
+    positive-class probability (None unless both have probabilities over the same number of classes)."""
+    agree = int(np.count_nonzero(np.asarray(labels) == np.asarray(champion)))
+    if (
+        positive is None
+        or probabilities is None
+        or probabilities.ndim != 2
+        or probabilities.shape[1] != classes
+    ):
+        return agree, None
+    return agree, float(np.abs(probabilities[:, -1] - positive).sum())
