@@ -530,10 +530,10 @@ class Registry:
     def set_model_tag(self, key: str, value: str) -> None:
         self.writer.post("registered-models/set-tag", {"name": self.name, "key": key, "value": value})
 
-    def rollout_run(self, rollout_id: str, version: str, finished: str | None = None) -> str:
+    def rollout_run(self, rollout_id: str, version: str) -> str:
         """The run of rollout `rollout_id` (of `version`) in the experiment ROLLOUT_EXPERIMENT, created on first
         use as the write principal, tagged with the challenger's version and run, and linked from the version's
-        tag `modelops.rollout_run`. With `finished` (FINISHED or KILLED), the run is marked so."""
+        tag `modelops.rollout_run`."""
         from modelops.auth import ROLLOUT_EXPERIMENT
 
         if not RUN_TOKEN.fullmatch(rollout_id) or not version.isdigit():
@@ -573,11 +573,13 @@ class Registry:
             )
             run_id = str(created["run"]["info"]["run_id"])
             self.set_version_tags(version, {"modelops.rollout_run": run_id})
-        if finished:
-            self.writer.post(
-                "runs/update", {"run_id": run_id, "status": finished, "end_time": int(time.time() * 1000)}
-            )
         return run_id
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Mark run `run_id` ended with `status` (FINISHED or KILLED), as the write principal."""
+        self.writer.post(
+            "runs/update", {"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)}
+        )
 
     def put_run_artifacts(self, run_id: str, files: dict[str, bytes]) -> None:
         """Upload `files` (artifact path -> bytes) into run `run_id`, as the write principal, through MLflow's

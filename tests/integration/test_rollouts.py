@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -248,13 +249,25 @@ def run_report(stack: dict[str, object], version: str, rollout_id: str) -> dict[
             params={"name": stack["model_name"], "version": version},
         ).json()["model_version"]
         tags = {t["key"]: t["value"] for t in found.get("tags", [])}
-        run = client.get("/api/2.0/mlflow/runs/get", params={"run_id": tags["modelops.rollout_run"]}).json()[
-            "run"
-        ]
+        run: dict[str, Any] = {}
+
+        def ended() -> (
+            bool
+        ):  # the report follows the decision (saved first); the run ends after its last report
+            run.update(
+                client.get(
+                    "/api/2.0/mlflow/runs/get", params={"run_id": tags["modelops.rollout_run"]}
+                ).json()["run"]
+            )
+            return run["info"]["status"] in ("FINISHED", "KILLED")
+
+        try:
+            wait_for(ended, 30, "the rollout's run ended", interval_s=0.5)
+        except TimeoutError:
+            pytest.fail(f"the rollout is over but its run is not ended: {run.get('info')}")
         run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert run_tags["modelops.rollout_id"] == rollout_id
         assert run_tags["modelops.challenger_run_id"] == found["run_id"]  # the link to the trainer's run
-        assert run["info"]["status"] in ("FINISHED", "KILLED")  # the rollout is over
         root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:").strip("/")
         base = f"/api/2.0/mlflow-artifacts/artifacts/{root}/rollout/{rollout_id}"
         page = client.get(f"{base}/report.md")

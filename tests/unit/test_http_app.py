@@ -99,6 +99,9 @@ class FakeRegistry:
     tags: dict[str, str] = field(default_factory=dict)
     run_artifacts: dict[tuple[str, str], bytes] = field(default_factory=dict)
     rollout_runs: dict[str, str | None] = field(default_factory=dict)  # run id -> how it finished
+    run_events: list[tuple[str, str, str]] = field(
+        default_factory=list
+    )  # (put or finish, run id, path or status)
     writer: Any = field(default_factory=lambda: type("Writer", (), {"username": "operator"})())
 
     def for_alias(self, alias: str) -> FakeRegistry:
@@ -117,11 +120,16 @@ class FakeRegistry:
     def put_run_artifacts(self, run_id: str, files: dict[str, bytes]) -> None:
         for path, data in files.items():
             self.run_artifacts[(run_id, path)] = data
+            self.run_events.append(("put", run_id, path))
 
-    def rollout_run(self, rollout_id: str, version: str, finished: str | None = None) -> str:
+    def rollout_run(self, rollout_id: str, version: str) -> str:
         run_id = f"rollout-{rollout_id}-v{version}"
-        self.rollout_runs[run_id] = finished
+        self.rollout_runs.setdefault(run_id, None)
         return run_id
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.rollout_runs[run_id] = status
+        self.run_events.append(("finish", run_id, status))
 
     def get_version(self, version: str) -> VersionInfo:
         self.calls.append(f"get_version {version}")

@@ -405,6 +405,12 @@ def test_every_decision_writes_the_report_into_the_rollouts_run() -> None:
     page = registry.run_artifacts[(run, md_path)].decode()
     assert "| promote |" not in page and "<b>" not in page and "enough \\| &lt;b>forged" in page
     assert registry.rollout_runs == {run: "KILLED"}
+    # the run ends only after its final report is in: whoever sees it ended reads the final report
+    assert registry.run_events[-3:] == [
+        ("put", run, json_path),
+        ("put", run, md_path),
+        ("finish", run, "KILLED"),
+    ]
 
 
 def test_a_tag_with_an_id_that_is_not_ours_is_no_rollout() -> None:

@@ -77,12 +77,13 @@ class Rollouts:
         """Write the rollout report into the rollout's run (Registry.rollout_run), best effort: a registry that
         refuses or is down, or anything else, costs the report, never the decision, which is already saved."""
         try:
-            finished = None if state.running else ("FINISHED" if state.state == PROMOTED else "KILLED")
-            run_id = self.champion.rollout_run(state.id, state.version, finished)
+            run_id = self.champion.rollout_run(state.id, state.version)
             json_path, markdown_path = report.paths(state)
             self.champion.put_run_artifacts(
                 run_id, {json_path: report.as_json(state), markdown_path: report.as_markdown(state)}
             )
+            if not state.running:  # ended only once its last report is in: an ended run's report is final
+                self.champion.finish_run(run_id, "FINISHED" if state.state == PROMOTED else "KILLED")
         except ModelOpsError as exc:
             log.warning("rollout %s: no report written: %s", state.id, exc.message)
         except Exception:
