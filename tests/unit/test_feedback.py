@@ -4,6 +4,7 @@ with a 4xx naming the field, logs every label; live accuracy / ROC AUC per versi
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -154,6 +155,22 @@ def test_pending_answers_are_bounded_by_rows_oldest_forgotten_first() -> None:
     join.join([FeedbackItem("r1", 1)])
     after = REGISTRY.get_sample_value("modelops_feedback_labels_total", {"joined": "false"}) or 0
     assert after - before == 1
+
+
+def test_held_answers_cost_the_garbage_collector_nothing() -> None:
+    """Tens of thousands of answers are held at single-row traffic: were they objects the collector tracks,
+    every full collection would walk them all while the event loop waits (issue 12: a 20-100 ms stop, growing
+    with the map, every second at c32)."""
+    model = small_model("6")
+    join = FeedbackJoin(max_pending_rows=20_000)
+    events = [answer(f"g{i}", model, [1], [0.7]) for i in range(5_000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for event in events:
+        join.observe(event)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50  # the map itself, not one object per answer
+    assert join.join([FeedbackItem("g0", 1), FeedbackItem("g4999", 0)]) == (2, 0)  # all still held
 
 
 def test_the_offline_join_keeps_labelled_rows_once_with_the_latest_label() -> None:
