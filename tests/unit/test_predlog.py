@@ -5,6 +5,7 @@ written is counted, and written once the store is back)."""
 from __future__ import annotations
 
 import functools
+import gc
 import gzip
 import json
 import socket
@@ -143,6 +144,40 @@ def test_a_flush_writes_one_gzip_jsonl_file_per_partition(tmp_path: Path) -> Non
     assert log.written == 7 and log.buffer_rows == 0
 
 
+def test_consecutive_single_row_answers_share_one_columnar_line_that_expands_to_the_same_records(
+    tmp_path: Path,
+) -> None:
+    """What a reader gets back does not depend on how the writer grouped the answers."""
+    model = model_of("4")
+    rng = np.random.RandomState(3)
+
+    def single(request_id: str, at: float) -> PredictionEvent:
+        x = rng.rand(1, len(COLUMNS))
+        return PredictionEvent(at, request_id, model, x, model.predict_fn(x), 0.0011)
+
+    x3 = rng.rand(3, len(COLUMNS))
+    events = [single("s0", AT), single("s1", AT + 1), single("s2", AT + 2)]
+    events += [PredictionEvent(AT + 3, "m", model, x3, model.predict_fn(x3), 0.002)]
+    events += [single("s3", AT + 4), single("s4", AT + 5)]
+    grouped = PredictionLog(FolderStore(tmp_path / "grouped"))
+    one_by_one = PredictionLog(FolderStore(tmp_path / "one"))
+    for e in events:
+        grouped.observe(e)
+        one_by_one.observe(e)
+        one_by_one.flush(time.monotonic() + 10)  # alone in its flush: a line of its own
+    grouped.flush(time.monotonic() + 10)
+    (path,) = (tmp_path / "grouped").rglob("*.jsonl.gz")
+    lines = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    assert [line.get("request_ids", line.get("request_id")) for line in lines] == [
+        ["s0", "s1", "s2"],
+        "m",
+        ["s3", "s4"],
+    ]
+    expected = records(tmp_path / "one")
+    assert len(expected) == 8 and expected[0]["request_id"] == "s0" and "request_ids" not in expected[0]
+    assert [r for line in lines for r in expand(line)] == sorted(expected, key=lambda r: r["ts"])
+
+
 def test_sampling_is_by_request_id_so_every_worker_agrees(tmp_path: Path) -> None:
     ids = [f"req-{i}" for i in range(4000)]
     kept = [i for i in ids if sampled(i, 0.25)]
@@ -168,6 +203,25 @@ def test_a_full_buffer_drops_and_counts(tmp_path: Path) -> None:
     log.observe(event("r5"))
     assert log.buffer_rows == 5 and log.dropped == 4
     assert counter("dropped") - before == 4
+
+
+def test_buffered_answers_cost_the_garbage_collector_nothing(tmp_path: Path) -> None:
+    """Between two flushes tens of thousands of answers wait at single-row traffic: were they objects the
+    collector tracks, every full collection would walk them while the event loop waits (issue 12)."""
+    model = model_of("3")
+    x = np.asarray([ROW], dtype=np.float64)
+    log = PredictionLog(FolderStore(tmp_path), flush_s=3600)
+    log.observe(PredictionEvent(AT, "g0", model, x, model.predict_fn(x), 0.001))  # what any answer creates once
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(1, 5_000):  # the events are garbage once observed, as the server's are
+        log.observe(PredictionEvent(AT, f"g{i}", model, x, model.predict_fn(x), 0.001))
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50  # not one object per answer
+    log.flush(time.monotonic() + 30)
+    written = records(tmp_path)
+    assert len(written) == 5_000 and {r["request_id"] for r in written} == {f"g{i}" for i in range(5_000)}
+    assert written[0]["inputs"] == dict(zip(COLUMNS, ROW, strict=True)) and written[0]["version"] == "3"
 
 
 def test_stop_flushes_everything_without_waiting_for_the_timer(tmp_path: Path) -> None:
