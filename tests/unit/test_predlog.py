@@ -211,7 +211,9 @@ def test_buffered_answers_cost_the_garbage_collector_nothing(tmp_path: Path) -> 
     model = model_of("3")
     x = np.asarray([ROW], dtype=np.float64)
     log = PredictionLog(FolderStore(tmp_path), flush_s=3600)
-    log.observe(PredictionEvent(AT, "g0", model, x, model.predict_fn(x), 0.001))  # what any answer creates once
+    log.observe(
+        PredictionEvent(AT, "g0", model, x, model.predict_fn(x), 0.001)
+    )  # what any answer creates once
     gc.collect()
     before = len(gc.get_objects())
     for i in range(1, 5_000):  # the events are garbage once observed, as the server's are
