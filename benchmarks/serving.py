@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tests.support import VENV_BIN, free_port, mlflow_server, principal_env, serve_argv  # noqa: E402
+from tests.support import TEST_PASSWORDS, VENV_BIN, free_port, mlflow_server, principal_env, serve_argv  # noqa: E402
 
 import mlserver_peer  # noqa: E402
 from mlserver_peer import NotMeasured  # noqa: E402
@@ -100,6 +100,7 @@ class Peer:
     results: dict[str, Result | str] = field(default_factory=dict)  # workload key -> result or why not
     not_measured: str | None = None
     what: dict[str, str] = field(default_factory=dict)  # body kind -> how the table names it on this server
+    notes: list[str] = field(default_factory=list)  # what the report says of this server's run
 
 
 # -- processes ------------------------------------------------------------------------------------------------
@@ -333,7 +334,9 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes of EVERY server")
     parser.add_argument(
-        "--only", default="", help="comma-separated server keys to run (ours,mlserver,fastapi,bare,mlflow)"
+        "--only",
+        default="",
+        help="comma-separated server keys to run (ours,ours-log,mlserver,fastapi,bare,mlflow)",
     )
     parser.add_argument("--write", type=Path, help="write the results as Markdown to this file")
     args = parser.parse_args()
@@ -384,20 +387,40 @@ def main() -> int:
             "--app-dir",
             str(ROOT / "benchmarks"),
         ]
+        ours_env = {
+            **principal_env("model-server"),
+            "MLFLOW_TRACKING_URI": uri,
+            "MODELOPS_MODEL_NAME": MODEL,
+            "MODELOPS_SIGNING_PUBLIC_KEY_PATH": str(public),
+        }
+        ours_paths = {"features": "/predict", "v2-1": v2_path, "v2-1000": v2_path, "instances": "/predict"}
         port = free_port()
         peers.append(
             Peer(
                 "ours",
-                f"modelops serve --workers {workers}",
+                f"modelops serve --workers {workers} (prediction log off)",
+                serve_argv(port, workers),
+                # the same work as the peers, none of which records the requests it answers
+                {**ours_env, "MODELOPS_PREDICTION_LOG_SAMPLE_RATE": "0"},
+                port,
+                ours_paths,
+            )
+        )
+        port = free_port()
+        peers.append(
+            Peer(
+                "ours-log",
+                f"modelops serve --workers {workers} (defaults: prediction log on)",
                 serve_argv(port, workers),
                 {
-                    **principal_env("model-server"),
-                    "MLFLOW_TRACKING_URI": uri,
-                    "MODELOPS_MODEL_NAME": MODEL,
-                    "MODELOPS_SIGNING_PUBLIC_KEY_PATH": str(public),
+                    **ours_env,
+                    # the write principal, as `modelops up` and the chart give it: the log uploads every answered
+                    # row through MLflow's artifact proxy
+                    "MODELOPS_REGISTRY_WRITE_USERNAME": "operator",
+                    "MODELOPS_REGISTRY_WRITE_PASSWORD": TEST_PASSWORDS["operator"],
                 },
                 port,
-                {"features": "/predict", "v2-1": v2_path, "v2-1000": v2_path, "instances": "/predict"},
+                ours_paths,
             )
         )
         port = free_port()
@@ -535,6 +558,25 @@ def measure(peer: Peer, files: dict[str, Path], args: argparse.Namespace, lua: P
         )
     assert peer.proc is not None
     peer.rss = session_rss(peer.proc.pid)
+    if peer.key == "ours-log":
+        peer.notes.append(prediction_log_outcome(peer.port))
+
+
+def prediction_log_outcome(port: int) -> str:
+    """What our prediction log did during the run (from /metrics, after one flush interval): rows written
+    through MLflow's artifact proxy, dropped, failed. Dropped rows would mean the log shed load."""
+    time.sleep(6)  # one flush interval (5 s by default) and a margin
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except httpx.HTTPError as exc:
+        return f"prediction log: not read ({exc})"
+    counts = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^modelops_prediction_log_records_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    }
+    return "its prediction log was on (the default), uploading through MLflow's artifact proxy: " + ", ".join(
+        f"{counts.get(k, 0):,.0f} rows {k}" for k in ("written", "dropped", "failed")
+    )
 
 
 # (our workload, peer, peer's workload or "" for the same, text, as a percentage)
@@ -556,6 +598,11 @@ RATIOS = [
     *(
         (f"{body}-c{c}", "mlflow", "", f"ours vs `mlflow models serve`, {rows} c{c}", False)
         for body, rows in (("features", "1 row"), ("instances", "1000 rows"))
+        for c in (8, 32)
+    ),
+    *(
+        (f"{body}-c{c}", "ours-log", "", f"ours, prediction log off vs on, {rows} c{c}", False)
+        for body, rows in (("features", "/predict 1 row"), ("v2-1000", "v2 1000 rows"))
         for c in (8, 32)
     ),
     *(
@@ -609,7 +656,10 @@ def render(peers: list[Peer], args: argparse.Namespace, extra: dict[str, object]
         "for the cores: single numbers move a lot between runs (by up to ~40% on the 2-core machine these docs were "
         "measured on), so read ratios below ~1.5x as indicative only. Model: the trainer's default (StandardScaler + "
         "LogisticRegression, 30 features), trained, signed and registered once; every server serves that same "
-        "fitted model (ours from the registry, the others from a joblib copy).",
+        "fitted model (ours from the registry, the others from a joblib copy). Ours runs twice: with its "
+        "prediction log off, doing the same work as the peers (none of them records what it answers; every ratio "
+        "below is from this one), and with its defaults, the log on, uploading every answered row through MLflow "
+        "(what that costs).",
         "",
         "Bodies (identical bytes for every server on a workload): v2 = Open Inference Protocol JSON, one FP64 "
         'tensor `[N, 30]` asking for the `predict` output only; `/predict features` = `{"features": [...]}`, '
@@ -643,6 +693,7 @@ def render(peers: list[Peer], args: argparse.Namespace, extra: dict[str, object]
         rss = f"{peer.rss[0]:.0f} | {peer.rss[1]}" if peer.rss else "not read | "
         cold = f"{peer.cold_start_s:.2f}" if peer.cold_start_s is not None else "n/a"
         lines.append(f"| {peer.label} | {cold} | {rss} |")
+    lines += ["", *(f"{peer.label}: {note}." for peer in peers for note in peer.notes)]
     lines += [
         "",
         "Cold start = spawn to the first 200 on a prediction request (polled every 50 ms). Ours and `mlflow models "
