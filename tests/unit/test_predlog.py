@@ -178,6 +178,31 @@ def test_consecutive_single_row_answers_share_one_columnar_line_that_expands_to_
     assert [r for line in lines for r in expand(line)] == sorted(expected, key=lambda r: r["ts"])
 
 
+def test_a_file_closes_at_its_row_limit_and_an_answer_that_cannot_be_encoded_is_counted_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predlog, "FILE_MAX_ROWS", 5)
+    log = PredictionLog(FolderStore(tmp_path), flush_s=3600)
+    for e in [event("a"), event("b"), event("c"), event("m", rows=4), event("d"), event("e")]:
+        log.observe(e)
+    log.flush(time.monotonic() + 10)
+    files = sorted(tmp_path.rglob("*.jsonl.gz"), key=lambda p: int(p.name.split("-")[-1].split(".")[0]))
+    per_file = [[r["request_id"] for r in records(tmp_path, str(f.relative_to(tmp_path)))] for f in files]
+    assert per_file == [["a", "b", "c", "m", "m", "m", "m"], ["d", "e"]]  # closed once past 5 rows
+    assert log.written == 9 and log.buffer_rows == 0
+
+    def broken(run: list[object]) -> dict[str, object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(predlog, "_singles_record", broken)
+    failed_before = counter("failed")
+    for e in [event("x"), event("y"), event("m2", rows=2)]:
+        log.observe(e)
+    log.flush(time.monotonic() + 10)
+    assert (log.failed, log.written, log.buffer_rows) == (2, 11, 0)  # x and y lost and counted, m2 written
+    assert counter("failed") - failed_before == 2
+
+
 def test_sampling_is_by_request_id_so_every_worker_agrees(tmp_path: Path) -> None:
     ids = [f"req-{i}" for i in range(4000)]
     kept = [i for i in ids if sampled(i, 0.25)]

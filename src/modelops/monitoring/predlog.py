@@ -312,7 +312,6 @@ class _Open:
     folder: str
     compressor: Any = field(default_factory=lambda: zlib.compressobj(1, zlib.DEFLATED, 31))  # gzip, level 1
     parts: list[bytes] = field(default_factory=list)
-    records: int = 0
     rows: int = 0
 
 
@@ -622,26 +621,31 @@ class PredictionLog:
             labels, self._labels = self._labels, []
         groups: dict[str, list[dict[str, Any]]] = {}
         for folder, run in _runs(answers):
-            records = groups.setdefault(folder, [])
-            if len(run) == 1:
-                records.extend(_answer_records(run[0]))
-            else:
-                records.append(_singles_record(run))
+            try:
+                records = list(_answer_records(run[0])) if len(run) == 1 else [_singles_record(run)]
+            except Exception:  # a bug here costs these rows (counted), never the writer or the buffer's bound
+                log.exception("prediction log: %d answers could not be encoded", len(run))
+                self._release(sum(len(a[3]) for a in run), "failed")
+                continue
+            groups.setdefault(folder, []).extend(records)
         for model, at, item in labels:
             key = f"{model_dir(model)}/{FEEDBACK_DIR}/date={utc_date(at)}"
             record = {"request_id": item.request_id, "row": item.row, "label": item.label, "ts": at}
             groups.setdefault(key, []).append(record)
         for folder, records in groups.items():
-            start = 0
-            while start < len(records):
-                building = self._open.setdefault(folder, _Open(folder))
-                chunk = records[start : start + FILE_MAX_ROWS - building.records]
-                start += len(chunk)
-                building.parts.append(building.compressor.compress(encode_lines(chunk)))
-                building.records += len(chunk)
-                building.rows += sum(record_rows(r) for r in chunk)
-                if building.records >= FILE_MAX_ROWS:
+            chunk: list[dict[str, Any]] = []
+            building = self._open.setdefault(folder, _Open(folder))
+            for record in records:
+                chunk.append(record)
+                building.rows += record_rows(record)
+                if building.rows >= FILE_MAX_ROWS:  # full: closed now, written at the next flush
+                    building.parts.append(building.compressor.compress(encode_lines(chunk)))
                     self._closed.append(self._close(self._open.pop(folder)))
+                    chunk, building = [], self._open.setdefault(folder, _Open(folder))
+            if chunk:
+                building.parts.append(building.compressor.compress(encode_lines(chunk)))
+            else:
+                del self._open[folder]  # nothing in it (yet): no empty file at the flush
 
     def _close(self, building: _Open) -> _Pending:
         name = f"{int(self.clock() * 1000)}-{self.host}-{self.pid}-{next(self._seq)}{SUFFIX}"
