@@ -658,7 +658,7 @@ def render(peers: list[Peer], args: argparse.Namespace, extra: dict[str, object]
         "LogisticRegression, 30 features), trained, signed and registered once; every server serves that same "
         "fitted model (ours from the registry, the others from a joblib copy). Ours runs twice: with its "
         "prediction log off, doing the same work as the peers (none of them records what it answers; every ratio "
-        "below is from this one), and with its defaults, the log on, uploading every answered row through MLflow "
+        "against a peer below is from this one), and with its defaults, the log on, uploading every answered row through MLflow "
         "(what that costs).",
         "",
         "Bodies (identical bytes for every server on a workload): v2 = Open Inference Protocol JSON, one FP64 "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import json
 import time
+import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,22 @@ def test_held_answers_cost_the_garbage_collector_nothing() -> None:
     gc.collect()
     assert len(gc.get_objects()) - before < 50  # the map itself, not one object per answer
     assert join.join([FeedbackItem("g0", 1), FeedbackItem("g4999", 0)]) == (2, 0)  # all still held
+
+
+def test_a_held_answer_does_not_keep_its_micro_batchs_arrays_alive() -> None:
+    """An answer is a slice of its batch's result: held as is, one row would pin a whole batch (an attacker
+    batching each single-row request with a large one, under a reused request id, would multiply memory)."""
+    model = small_model("6")
+    batch_labels, batch_scores = np.ones(10_000, dtype=np.int64), np.full((10_000, 2), 0.5)
+    watch_labels, watch_scores = weakref.ref(batch_labels), weakref.ref(batch_scores)
+    event = answer("one", model, [1], [0.5])
+    event = replace(event, prediction=Prediction(batch_labels[:1], batch_scores[:1]))
+    join = FeedbackJoin(max_pending_rows=1000)
+    join.observe(event)
+    del event, batch_labels, batch_scores
+    gc.collect()
+    assert watch_labels() is None and watch_scores() is None
+    assert join.join([FeedbackItem("one", 1)]) == (1, 0)
 
 
 def test_the_offline_join_keeps_labelled_rows_once_with_the_latest_label() -> None:

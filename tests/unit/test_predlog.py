@@ -29,7 +29,7 @@ from modelops.monitoring.predlog import (
     expand,
     sampled,
 )
-from modelops.serving.model import LoadedModel
+from modelops.serving.model import LoadedModel, Prediction
 from modelops.serving.service import PredictionEvent
 from modelops.settings import ServerSettings
 from tests.unit.test_http_app import AUTH, COLUMNS, ROW, client_for, make_app, small_model
@@ -144,20 +144,30 @@ def test_a_flush_writes_one_gzip_jsonl_file_per_partition(tmp_path: Path) -> Non
     assert log.written == 7 and log.buffer_rows == 0
 
 
+@pytest.mark.parametrize("outputs", ["as the model gives them", "float32 probabilities", "text labels"])
 def test_consecutive_single_row_answers_share_one_columnar_line_that_expands_to_the_same_records(
-    tmp_path: Path,
+    tmp_path: Path, outputs: str
 ) -> None:
     """What a reader gets back does not depend on how the writer grouped the answers."""
     model = model_of("4")
     rng = np.random.RandomState(3)
 
+    def predict(x: np.ndarray) -> Prediction:
+        p = model.predict_fn(x)
+        assert p.probabilities is not None
+        if outputs == "float32 probabilities":
+            return Prediction(p.labels, p.probabilities.astype(np.float32))
+        if outputs == "text labels":
+            return Prediction(np.array([f"class-{v}" for v in p.labels]), p.probabilities)
+        return p
+
     def single(request_id: str, at: float) -> PredictionEvent:
         x = rng.rand(1, len(COLUMNS))
-        return PredictionEvent(at, request_id, model, x, model.predict_fn(x), 0.0011)
+        return PredictionEvent(at, request_id, model, x, predict(x), 0.0011)
 
     x3 = rng.rand(3, len(COLUMNS))
     events = [single("s0", AT), single("s1", AT + 1), single("s2", AT + 2)]
-    events += [PredictionEvent(AT + 3, "m", model, x3, model.predict_fn(x3), 0.002)]
+    events += [PredictionEvent(AT + 3, "m", model, x3, predict(x3), 0.002)]
     events += [single("s3", AT + 4), single("s4", AT + 5)]
     grouped = PredictionLog(FolderStore(tmp_path / "grouped"))
     one_by_one = PredictionLog(FolderStore(tmp_path / "one"))
@@ -191,16 +201,41 @@ def test_a_file_closes_at_its_row_limit_and_an_answer_that_cannot_be_encoded_is_
     assert per_file == [["a", "b", "c", "m", "m", "m", "m"], ["d", "e"]]  # closed once past 5 rows
     assert log.written == 9 and log.buffer_rows == 0
 
-    def broken(run: list[object]) -> dict[str, object]:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(predlog, "_singles_record", broken)
+    # answers orjson cannot write (complex labels), next to good ones in the same encoding step, and one it can
+    # only once made C-ordered (transposed probabilities, as some sklearn models return them)
+    model = model_of("1")
+    x2 = np.asarray([ROW, ROW], dtype=np.float64)
+    odd = Prediction(np.array([1j]), None)
+    transposed = Prediction(np.array([0, 1]), np.asfortranarray(np.array([[0.9, 0.1], [0.2, 0.8]])))
     failed_before = counter("failed")
-    for e in [event("x"), event("y"), event("m2", rows=2)]:
+    events = [event("x"), PredictionEvent(AT, "bad", model, x2[:1], odd, 0.001), event("y")]
+    events += [PredictionEvent(AT, "bad2", model, x2, Prediction(np.array([1j, 2j]), None), 0.001)]
+    events += [PredictionEvent(AT, "t", model, x2, transposed, 0.001), event("z")]
+    for e in events:
         log.observe(e)
     log.flush(time.monotonic() + 10)
-    assert (log.failed, log.written, log.buffer_rows) == (2, 11, 0)  # x and y lost and counted, m2 written
-    assert counter("failed") - failed_before == 2
+    assert (log.failed, log.written, log.buffer_rows) == (3, 14, 0)  # bad and bad2 lost and counted, not kept
+    assert counter("failed") - failed_before == 3
+    written = {(r["request_id"], r["row"]): r for r in records(tmp_path)}
+    assert {"x", "y", "z", "t"} <= {k[0] for k in written} and not {"bad", "bad2"} & {k[0] for k in written}
+    assert written[("t", 1)]["outputs"]["probabilities"] == {"0": 0.2, "1": 0.8}
+
+
+def test_a_run_of_single_row_answers_is_cut_into_lines_of_at_most_run_max_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predlog, "RUN_MAX_ROWS", 2)
+    log = PredictionLog(FolderStore(tmp_path), flush_s=3600)
+    for i in range(5):
+        log.observe(event(f"r{i}"))
+    log.flush(time.monotonic() + 10)
+    (path,) = tmp_path.rglob("*.jsonl.gz")
+    lines = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    assert [line.get("request_ids", line.get("request_id")) for line in lines] == [
+        ["r0", "r1"],
+        ["r2", "r3"],
+        "r4",
+    ]
 
 
 def test_sampling_is_by_request_id_so_every_worker_agrees(tmp_path: Path) -> None:

@@ -54,22 +54,26 @@ class FeedbackJoin:
         self._classes: tuple[str, ...] | None = None
 
     def observe(self, event: PredictionEvent) -> None:
-        """A prediction listener: remember the answer (references only; O(1) amortised)."""
+        """A prediction listener: remember the answer (O(1) amortised)."""
         model = event.model
         if model is not self._classes_of:  # the class names change only with the model: not per request
             self._classes_of = model
             self._classes = tuple(label_text(c) for c in model.classes) if model.classes else None
         classes = self._classes
-        labels = event.prediction.labels
+        # own copies: a request's answer is a slice of its micro-batch's arrays, and held here for long it would
+        # keep the whole batch's arrays alive (a 1-row answer pinning a 255-row batch's)
+        labels = _own(event.prediction.labels)
+        probabilities = event.prediction.probabilities
         old = self._answers.pop(event.request_id, None)
         if old is not None:
             self._rows -= len(old[1])
-        self._answers[event.request_id] = (
+        answer = (
             event.model.version,
             labels,
-            event.prediction.probabilities,
+            None if probabilities is None else _own(probabilities),
             classes,
         )
+        self._answers[event.request_id] = answer
         self._rows += len(labels)
         while self._rows > self.max_pending_rows and self._answers:
             _, evicted = self._answers.popitem(last=False)
@@ -115,6 +119,10 @@ class FeedbackJoin:
             metrics.LIVE_ACCURACY.labels(version).set(live["accuracy"])
         if live["roc_auc"] is not None:
             metrics.LIVE_ROC_AUC.labels(version).set(live["roc_auc"])
+
+
+def _own(values: np.ndarray) -> np.ndarray:
+    return values if values.base is None else values.copy()
 
 
 def label_text(label: object) -> str:

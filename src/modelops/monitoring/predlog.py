@@ -1,11 +1,13 @@
 """The prediction log: every sampled answer (and every label sent to /feedback) as gzip'd JSON lines in the
 artifact store, written in the background so that serving never waits for, or fails because of, the store.
 
-Layout under the log root (`prediction_log_uri`), one file per flush and partition:
-  model=<name>/version=<v>/date=<YYYY-MM-DD>/<unix_ms>-<host>-<pid>-<seq>.jsonl.gz   answers, a record per row
+Layout under the log root (`prediction_log_uri`), files of at most FILE_MAX_ROWS rows per partition:
+  model=<name>/version=<v>/date=<YYYY-MM-DD>/<unix_ms>-<host>-<pid>-<seq>.jsonl.gz   answers
   model=<name>/feedback/date=<YYYY-MM-DD>/<unix_ms>-<host>-<pid>-<seq>.jsonl.gz      labels
-Answer record: {"request_id", "row", "ts", "model", "version", "inputs": {column: value}, "outputs": {"label",
-"probabilities": {class: p} | null}, "latency_ms"}; label record: {"request_id", "row", "label", "ts"}.
+A lone single-row answer is a line {"request_id", "row", "ts", "model", "version", "inputs": {column: value},
+"outputs": {"label", "probabilities": {class: p} | null}, "latency_ms"}; a multi-row answer, and a run of
+single-row answers of one model, a columnar line (see `expand`, which turns every form into those per-row
+records); label record: {"request_id", "row", "label", "ts"}.
 
 Through MLflow's artifact proxy (`mlflow-artifacts:/<path>`), the root is `<path>` inside the artifact root of
 the experiment `PREDICTION_LOG_EXPERIMENT`: with MLflow's basic-auth app (default permission READ) only an
@@ -358,31 +360,56 @@ def _answer_records(answer: _Answer) -> Iterator[dict[str, Any]]:
         "version": version,
         "columns": list(columns),
         "classes": list(classes) if classes is not None else None,
-        "inputs": rows,
-        "labels": labels if labels.dtype.kind in "biuf" else labels.tolist(),
-        "probabilities": probabilities,
+        "inputs": _plain(rows),
+        "labels": _plain(labels),
+        "probabilities": None if probabilities is None else _plain(probabilities),
         "latency_ms": latency_ms,
     }
 
 
+def _plain(values: np.ndarray) -> Any:
+    """An array as orjson writes it, the same numbers as the per-row form's `tolist()`: C-ordered (orjson
+    refuses others, e.g. the transposed probabilities of some sklearn models), floats as float64 (a float32
+    written by orjson reads back shorter than its `tolist()`), and anything but numbers and booleans as lists."""
+    import numpy as np
+
+    if values.dtype.kind == "f":
+        return np.ascontiguousarray(values, dtype=np.float64)
+    if values.dtype.kind in "biu":
+        return np.ascontiguousarray(values)
+    return values.tolist()
+
+
+RUN_MAX_ROWS = 5_000
+"""Most single-row answers in one columnar line: after an outage the backlog is written as lines of modest
+size, each encoded in a short hold of the interpreter lock."""
+
+
 def _runs(answers: list[_Answer]) -> Iterator[tuple[str, list[_Answer]]]:
     """(folder, answers) in order: a multi-row answer alone, consecutive single-row answers of one model that
-    fit one columnar line together (same folder, label type and probability columns)."""
+    fit one columnar line together (same folder, one label per row of one type, the same probability columns;
+    at most RUN_MAX_ROWS)."""
+    folders: dict[tuple[int, int], str] = {}  # (model, UTC day) -> folder: not formatted per answer
     run: list[_Answer] = []
     run_key: tuple[Any, ...] = ()
     for answer in answers:
         at, _, model, rows, labels, probabilities, _ = answer
-        folder = f"{model_dir(model[0])}/version={path_segment(model[1])}/date={utc_date(at)}"
+        day = (id(model), int(at // 86_400))
+        folder = folders.get(day)
+        if folder is None:
+            folder = f"{model_dir(model[0])}/version={path_segment(model[1])}/date={utc_date(at)}"
+            folders[day] = folder
         key = (
             folder,
             id(model),
             labels.dtype.str,
             None if probabilities is None else probabilities.shape[1:],
         )
-        if run and (len(rows) != 1 or key != run_key):
+        alone = len(rows) != 1 or labels.ndim != 1
+        if run and (alone or key != run_key or len(run) >= RUN_MAX_ROWS):
             yield run_key[0], run
             run = []
-        if len(rows) != 1:
+        if alone:
             yield folder, [answer]
             continue
         run.append(answer)
@@ -398,7 +425,6 @@ def _singles_record(run: list[_Answer]) -> dict[str, Any]:
     import numpy as np
 
     _, _, (name, version, columns, classes), _, _, probabilities, _ = run[0]
-    labels = np.concatenate([a[4] for a in run])
     return {
         "request_ids": [a[1] for a in run],
         "rows": len(run),
@@ -407,9 +433,9 @@ def _singles_record(run: list[_Answer]) -> dict[str, Any]:
         "version": version,
         "columns": list(columns),
         "classes": list(classes) if classes is not None else None,
-        "inputs": np.concatenate([a[3] for a in run]),
-        "labels": labels if labels.dtype.kind in "biuf" else labels.tolist(),
-        "probabilities": None if probabilities is None else np.concatenate([a[5] for a in run]),
+        "inputs": _plain(np.concatenate([a[3] for a in run])),
+        "labels": _plain(np.concatenate([a[4] for a in run])),
+        "probabilities": None if probabilities is None else _plain(np.concatenate([a[5] for a in run])),
         "latency_ms": [round(a[6] * 1000, 3) for a in run],
     }
 
@@ -449,10 +475,10 @@ def expand(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
         }
 
 
-def encode_lines(records: list[dict[str, Any]]) -> bytes:
-    """JSON lines; gzip'd at level 1 by the file they go into (a third of level 5's time for files about 10%
+def _line(record: dict[str, Any]) -> bytes:
+    """One JSON line; the file it goes into gzips it at level 1 (a third of level 5's time for files about 10%
     larger, measured on 1000 answers of 30 features: 11 ms and 404 kB against 33 ms and 362 kB)."""
-    return b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
 class PredictionLog:
@@ -595,7 +621,10 @@ class PredictionLog:
             except Exception:  # the writer must outlive any bug: the next flush tries again
                 log.exception("prediction log: flush failed")
                 next_flush = time.monotonic() + self.flush_s
-        self.flush(time.monotonic() + 15.0, final=True)
+        try:
+            self.flush(time.monotonic() + 15.0, final=True)
+        except Exception:  # what is left is counted failed by stop()
+            log.exception("prediction log: the last flush failed")
 
     # -- writing (writer thread) -----------------------------------------------------------------------
     def flush(self, deadline: float, final: bool = False) -> None:
@@ -609,7 +638,13 @@ class PredictionLog:
             if time.monotonic() >= deadline:
                 self._requeue(files[index:])
                 return
-            if not self._write(pending, deadline, final):
+            try:
+                written = self._write(pending, deadline, final)
+            except Exception:  # not a StoreError: a bug, or a store answering what we cannot read
+                log.exception("prediction log: writing %s failed", pending.path)
+                written = False
+                self._requeue([pending])
+            if not written:
                 # the store is down: the rest waits for the next flush rather than for more timeouts
                 self._requeue(files[index + 1 :])
                 return
@@ -619,31 +654,38 @@ class PredictionLog:
         with self._lock:
             answers, self._answers = self._answers, []
             labels, self._labels = self._labels, []
-        groups: dict[str, list[dict[str, Any]]] = {}
+        groups: dict[str, list[tuple[bytes, int]]] = {}  # folder -> (JSON line, rows)
         for folder, run in _runs(answers):
+            rows = sum(len(a[3]) for a in run)
             try:
                 records = list(_answer_records(run[0])) if len(run) == 1 else [_singles_record(run)]
-            except Exception:  # a bug here costs these rows (counted), never the writer or the buffer's bound
-                log.exception("prediction log: %d answers could not be encoded", len(run))
-                self._release(sum(len(a[3]) for a in run), "failed")
+                lines = [(_line(r), record_rows(r)) for r in records]
+            except Exception:  # a bug or an answer orjson cannot write: these rows are lost (counted), never
+                # the writer, the other answers or the buffer's bound
+                log.exception("prediction log: %d answers (%d rows) could not be encoded", len(run), rows)
+                self._release(rows, "failed")
                 continue
-            groups.setdefault(folder, []).extend(records)
+            groups.setdefault(folder, []).extend(lines)
         for model, at, item in labels:
             key = f"{model_dir(model)}/{FEEDBACK_DIR}/date={utc_date(at)}"
             record = {"request_id": item.request_id, "row": item.row, "label": item.label, "ts": at}
-            groups.setdefault(key, []).append(record)
-        for folder, records in groups.items():
-            chunk: list[dict[str, Any]] = []
+            try:
+                groups.setdefault(key, []).append((_line(record), 1))
+            except Exception:
+                log.exception("prediction log: a label could not be encoded")
+                self._release(1, "failed")
+        for folder, lines in groups.items():
+            chunk: list[bytes] = []
             building = self._open.setdefault(folder, _Open(folder))
-            for record in records:
-                chunk.append(record)
-                building.rows += record_rows(record)
+            for line, rows in lines:
+                chunk.append(line)
+                building.rows += rows
                 if building.rows >= FILE_MAX_ROWS:  # full: closed now, written at the next flush
-                    building.parts.append(building.compressor.compress(encode_lines(chunk)))
+                    building.parts.append(building.compressor.compress(b"".join(chunk)))
                     self._closed.append(self._close(self._open.pop(folder)))
                     chunk, building = [], self._open.setdefault(folder, _Open(folder))
             if chunk:
-                building.parts.append(building.compressor.compress(encode_lines(chunk)))
+                building.parts.append(building.compressor.compress(b"".join(chunk)))
             else:
                 del self._open[folder]  # nothing in it (yet): no empty file at the flush
 
