@@ -74,6 +74,9 @@ def test_the_worker_compares_the_challenger_with_the_champion_in_its_own_low_pri
         worker.wait_ready()
         assert worker.pid is not None and worker.pid != os.getpid()
         assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 19  # the kernel serves the champion first
+        assert (
+            os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
+        )  # ... at once, not at the end of a time slice
         rows = X[:200]
         labels, probabilities = champion_answer(models, rows)
         positive = probabilities[:, -1]
