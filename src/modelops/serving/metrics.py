@@ -42,6 +42,28 @@ LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 ROWS_PREDICTED = Counter("modelops_predicted_rows", "Rows predicted")
+
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_request(endpoint: str, method: str, status: int, seconds: float) -> None:
+    """Count one HTTP request in REQUESTS and LATENCY. Their label children are looked up once per (endpoint,
+    method, status), not per request: prometheus_client's `labels()` validates and locks on every call, a few
+    per cent of a single-row prediction's time. The label values are bounded (route templates, the HTTP parser's
+    methods, status codes); the map is dropped past 4,096 keys all the same."""
+    key = (endpoint, method, status)
+    series = _REQUEST_SERIES.get(key)
+    if series is None:
+        if len(_REQUEST_SERIES) >= 4096:
+            _REQUEST_SERIES.clear()
+        series = _REQUEST_SERIES[key] = (
+            REQUESTS.labels(endpoint, method, str(status)),
+            LATENCY.labels(endpoint),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
+
+
 REQUEST_ROWS = Histogram("modelops_request_rows", "Rows per prediction request", buckets=ROW_BUCKETS)
 BATCH_ROWS = Histogram(
     "modelops_batch_rows", "Rows per model predict call (after micro-batching)", buckets=ROW_BUCKETS

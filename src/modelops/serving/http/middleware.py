@@ -7,9 +7,9 @@ through untouched and the hot path pays for one closure per request.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -45,7 +45,7 @@ class RequestContext:
         start = time.perf_counter()
         request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         if not REQUEST_ID.fullmatch(request_id):  # not match: `$` would let a trailing newline through
-            request_id = uuid.uuid4().hex.encode()
+            request_id = os.urandom(16).hex().encode()  # as random as uuid4().hex, a quarter of its time
         # handlers read it as request.state.request_id (the routing key of rollouts, the prediction log's id)
         scope.setdefault("state", {})["request_id"] = request_id.decode()
         state = _ResponseState()
@@ -84,8 +84,9 @@ class RequestContext:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(endpoint, scope.get("method", ""), str(state.status)).inc()
-            metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - start)
+            metrics.observe_request(
+                endpoint, scope.get("method", ""), state.status, time.perf_counter() - start
+            )
 
 
 class _ResponseState:
