@@ -20,7 +20,8 @@ import skops.io
 from modelops.serving.model import TRUSTED_SKOPS_TYPES
 from modelops.signing import Verifier, generate_keypair, sign_model
 from modelops.training.data import load_dataset
-from modelops.training.train import ALGORITHMS, build_model
+from modelops.training.options import ALGORITHMS
+from modelops.training.train import build_model
 
 
 def median_ms(fn: object, repeat: int) -> float:

@@ -17,9 +17,7 @@ from modelops.logs import configure_logging
 from modelops.ops.loadtest import add_loadtest
 from modelops.rollout.commands import add_controller, add_rollout
 from modelops.settings import ServerSettings, StackSettings, TrainerSettings, apply_mlflow_client_defaults
-from modelops.training.data import DEFAULT_MAX_BYTES
-from modelops.training.publish import TrainOptions
-from modelops.training.train import ALGORITHMS, PROMOTE_MODES
+from modelops.training.options import ALGORITHMS, DEFAULT_MAX_BYTES, PROMOTE_MODES, TrainOptions
 
 # Flag defaults come from the option classes themselves, never repeated here.
 TRAIN_DEFAULTS = TrainOptions(tracking_uri="", model_name="", experiment="", alias="")
@@ -115,7 +113,7 @@ def _trainer_identity(settings: TrainerSettings, home: Path) -> tuple[Path | Non
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from modelops.training.publish import TrainOptions, run_training
+    from modelops.training.publish import run_training
 
     settings: TrainerSettings = args.settings
     (signing_key,) = _trainer_identity(settings, _home(args))

@@ -12,3 +12,6 @@ def configure_logging(level: str | int) -> None:
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
     logging.basicConfig(level=level, format=FORMAT, force=True)
+    # httpx logs every request at INFO: the registry polls, downloads and log uploads would drown ours
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(level if level == logging.DEBUG else logging.WARNING)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from modelops.errors import (
     RegistryUnavailable,
     VersionNotFound,
 )
+from modelops.mlflow_rest import RestReader, Transport
 from modelops.settings import RegistrySettings, apply_mlflow_client_defaults, apply_mlflow_credentials
 from modelops.waiting import wait_until
 
@@ -76,17 +78,16 @@ INVALID_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
 
 def classify(exc: BaseException) -> str:
     """ "unreachable", "missing", "forbidden", "invalid" or "other" for an exception from MLflow's client."""
-    import requests
-
+    unreachable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    requests = sys.modules.get("requests")  # MLflow's client's transport, when MLflow's client was used
+    if requests is not None:
+        unreachable += (requests.ConnectionError, requests.Timeout)
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 10:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    if any(
-        isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError))
-        for e in chain
-    ):
+    if any(isinstance(e, unreachable) for e in chain):
         return "unreachable"
     code = str(getattr(exc, "error_code", "") or "")
     if code in MISSING_CODES:
@@ -159,6 +160,32 @@ class RestWriter:
         raise RegistryError(f"MLflow {endpoint} failed (HTTP {response.status_code}): {message}")
 
 
+def _secret(password: SecretStr | None) -> str | None:
+    return None if password is None else password.get_secret_value()
+
+
+class _ClientReader:
+    """Registry reads through MLflow's client, for a local store (file:, sqlite:): `RestReader`'s methods."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.registry.client, name)
+
+    def search_experiments(self, page_token: str | None = None) -> Any:
+        from mlflow.entities import ViewType
+
+        return self.registry.client.search_experiments(view_type=ViewType.ALL, page_token=page_token)
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> Any:
+        from mlflow.entities import ViewType
+
+        return self.registry.client.search_runs(
+            experiment_ids, filter_string, run_view_type=ViewType.ALL, max_results=max_results
+        )
+
+
 class Registry:
     """Registry operations for one registered model and alias."""
 
@@ -171,15 +198,46 @@ class Registry:
     ) -> None:
         apply_mlflow_client_defaults()
         apply_mlflow_credentials(settings.tracking_username, settings.tracking_password)
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = settings.tracking_uri
         self.name = settings.model_name
         self.alias = settings.model_alias
-        self.client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        self._client: Any = None
+        # reads: over REST for a tracking server (no `mlflow` import in a model server), else MLflow's client
+        self.reader: Any = (
+            RestReader(
+                Transport(
+                    settings.tracking_uri, settings.tracking_username, _secret(settings.tracking_password)
+                )
+            )
+            if settings.tracking_uri.startswith(("http://", "https://"))
+            else _ClientReader(self)
+        )
         if write_username is None:
             write_username, write_password = settings.tracking_username, settings.tracking_password
         self.writer = RestWriter(settings.tracking_uri, write_username, write_password)
+
+    @property
+    def client(self) -> Any:
+        """MLflow's own client for this tracking URI (the trainer logs runs and models with it), made on first
+        use: a model server never imports MLflow."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def download(self, uri: str, dst: Path) -> Path:
+        """The artifact (file or folder) at `uri` into folder `dst`, through this tracking server; its local
+        path."""
+        if isinstance(self.reader, RestReader) and uri.startswith("mlflow-artifacts:"):
+            return self.reader.download(uri, dst)
+        import mlflow.artifacts
+
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(dst), tracking_uri=self.tracking_uri
+            )
+        )
 
     # -- connectivity -------------------------------------------------------------------------------
     def ping(self, timeout_s: float = 5.0) -> None:
@@ -237,7 +295,7 @@ class Registry:
 
     def with_download_uri(self, version: VersionInfo) -> VersionInfo:
         """`version` with where its files are, as the tracking server resolves it."""
-        uri = self._call(lambda: self.client.get_model_version_download_uri(self.name, version.version))
+        uri = self._call(lambda: self.reader.get_model_version_download_uri(self.name, version.version))
         return replace(version, download_uri=str(uri))
 
     def alias_version(self) -> VersionInfo | None:
@@ -245,7 +303,7 @@ class Registry:
 
         def get() -> VersionInfo | None:
             try:
-                mv = self.client.get_model_version_by_alias(self.name, self.alias)
+                mv = self.reader.get_model_version_by_alias(self.name, self.alias)
             except Exception as exc:
                 # MLflow answers INVALID_PARAMETER_VALUE ("alias ... not found") for an alias no version holds
                 if classify(exc) in ("missing", "invalid"):
@@ -260,7 +318,7 @@ class Registry:
 
         def get() -> VersionInfo:
             try:
-                mv = self.client.get_model_version(self.name, str(version))
+                mv = self.reader.get_model_version(self.name, str(version))
             except Exception as exc:
                 kind = classify(exc)
                 if kind == "missing":
@@ -278,7 +336,7 @@ class Registry:
         """The metrics logged by a run ({} when there is no run)."""
         if not run_id:
             return {}
-        return self._call(lambda: dict(self.client.get_run(run_id).data.metrics))
+        return self._call(lambda: dict(self.reader.get_run(run_id).data.metrics))
 
     def list_versions(self, limit: int = 100) -> list[VersionInfo]:
         """Registry versions newest first, each with its run's metrics.
@@ -286,8 +344,6 @@ class Registry:
         A bounded number of MLflow calls whatever the number of versions: one search for the versions, one
         read of the registered model (aliases), then the runs in bulk (the experiments, and one run search per
         200 runs). A run this principal cannot see shows no metrics."""
-        from mlflow.entities import ViewType
-
         runs_per_search = 200
 
         def bulk_metrics(run_ids: list[str]) -> dict[str, dict[str, float]]:
@@ -298,7 +354,7 @@ class Registry:
             experiment_ids: list[str] = []
             token: str | None = None
             while True:  # search_runs needs the experiments; runs of any of them may be registered
-                page = self.client.search_experiments(view_type=ViewType.ALL, page_token=token)
+                page = self.reader.search_experiments(page_token=token)
                 experiment_ids += [e.experiment_id for e in page]
                 token = page.token
                 if not token:
@@ -307,18 +363,15 @@ class Registry:
             for start in range(0, len(run_ids), runs_per_search):
                 chunk = run_ids[start : start + runs_per_search]
                 quoted = ", ".join(f"'{r}'" for r in chunk)
-                for run in self.client.search_runs(
-                    experiment_ids,
-                    f"attributes.run_id IN ({quoted})",
-                    run_view_type=ViewType.ALL,
-                    max_results=len(chunk),
+                for run in self.reader.search_runs(
+                    experiment_ids, f"attributes.run_id IN ({quoted})", max_results=len(chunk)
                 ):
                     found[run.info.run_id] = dict(run.data.metrics)
             return found
 
         def get() -> list[VersionInfo]:
             try:
-                found = self.client.search_model_versions(
+                found = self.reader.search_model_versions(
                     f"name = '{self.name}'", max_results=limit, order_by=["version_number DESC"]
                 )
             except Exception as exc:
@@ -328,7 +381,7 @@ class Registry:
             # search results carry no aliases: take them from the registered model
             aliases: dict[str, list[str]] = {}
             if found:
-                for alias, version in (self.client.get_registered_model(self.name).aliases or {}).items():
+                for alias, version in (self.reader.get_registered_model(self.name).aliases or {}).items():
                     aliases.setdefault(str(version), []).append(alias)
             metrics = bulk_metrics([mv.run_id for mv in found if mv.run_id])
             return [
@@ -347,7 +400,7 @@ class Registry:
         """The registered version made from this run; registers the run's model first if there is none."""
 
         def find() -> VersionInfo | None:
-            found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
+            found = self.reader.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
             return self._info(found[0]) if found else None
 
         existing = self._call(find)
@@ -356,7 +409,7 @@ class Registry:
 
         def source() -> str:
             try:
-                run = self.client.get_run(run_id)
+                run = self.reader.get_run(run_id)
             except Exception as exc:
                 # MLflow's auth answers "permission denied" for a run that does not exist
                 if _missing(exc) or _is_forbidden(exc):
@@ -378,7 +431,7 @@ class Registry:
 
         def exists() -> bool:
             try:
-                self.client.get_registered_model(self.name)
+                self.reader.get_registered_model(self.name)
             except Exception as exc:
                 if _missing(exc):
                     return False
@@ -389,7 +442,7 @@ class Registry:
             self.writer.post("registered-models/create", {"name": self.name})
 
     def _history(self) -> AliasHistory:
-        model = self._call(lambda: self.client.get_registered_model(self.name))
+        model = self._call(lambda: self.reader.get_registered_model(self.name))
         return AliasHistory.parse((model.tags or {}).get(HISTORY_TAG.format(alias=self.alias)))
 
     def _set_history(self, history: AliasHistory) -> None:
@@ -450,7 +503,7 @@ class Registry:
         def download() -> dict[str, Any]:
             with tempfile.TemporaryDirectory() as tmp:
                 try:
-                    path = self.client.download_artifacts(run_id, CARD_FILE, tmp)
+                    path = self.reader.download_artifacts(run_id, CARD_FILE, tmp)
                 except Exception as exc:
                     if classify(exc) in ("missing", "other"):
                         raise VersionNotFound(
@@ -467,7 +520,7 @@ class Registry:
 
     def audit(self) -> list[AliasMove]:
         """Every recorded alias move of this model (all aliases), oldest first."""
-        model = self._call(lambda: self.client.get_registered_model(self.name))
+        model = self._call(lambda: self.reader.get_registered_model(self.name))
         moves = [
             move
             for key, value in (model.tags or {}).items()
@@ -523,7 +576,7 @@ class Registry:
 
     def model_tag(self, key: str) -> str | None:
         """A tag of the registered model, or None."""
-        model = self._call(lambda: self.client.get_registered_model(self.name))
+        model = self._call(lambda: self.reader.get_registered_model(self.name))
         value = (model.tags or {}).get(key)
         return None if value is None else str(value)
 

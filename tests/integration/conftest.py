@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from modelops.settings import TrainerSettings
-from modelops.training.publish import TrainOptions, TrainOutcome, run_training
+from modelops.training.options import TrainOptions
+from modelops.training.publish import TrainOutcome, run_training
 from tests.support import TEST_PASSWORDS, VENV_BIN, Service, free_port, principal_env, serve_argv
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"

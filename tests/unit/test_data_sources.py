@@ -21,7 +21,8 @@ import boto3
 import pytest
 
 from modelops.errors import DataError, InvalidInput
-from modelops.training.data import DEFAULT_MAX_BYTES, load_dataset, redact_source
+from modelops.training.data import load_dataset, redact_source
+from modelops.training.options import DEFAULT_MAX_BYTES
 from tests.support import Service, free_port, moto_server
 
 USER, PASSWORD, TOKEN, FRAGMENT = "user-q7z", "pw-hunter2-x", "tok-s3cr3t-9", "frag-k4w"

@@ -318,7 +318,8 @@ def _ensure_champion(config: StackConfig, progress: Progress, trainer_password: 
     if champion is not None:
         return champion.version
     progress.step("first training", "running")
-    from modelops.training.publish import TrainOptions, run_training
+    from modelops.training.options import TrainOptions
+    from modelops.training.publish import run_training
 
     log_path = config.home / "logs" / "training.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

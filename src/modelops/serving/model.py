@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelops.errors import ModelLoadError, ModelRefused
+from modelops.mlflow_rest import NotThisProxy
 from modelops.monitoring.drift import read_reference
 from modelops.registry import VersionInfo
 from modelops.serving.compiled import compile_proba
@@ -192,44 +194,74 @@ def _pyfunc_predictor(path: Path, columns: list[str]) -> Callable[[np.ndarray], 
     return predict
 
 
+def _input_names(signature: dict[str, Any] | None) -> list[str]:
+    """The named inputs of an MLmodel signature (its `inputs` is a JSON list of column specs), or []."""
+    try:
+        specs = json.loads((signature or {}).get("inputs") or "[]")
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(specs, list) or not specs:
+        return []
+    names = [spec.get("name") if isinstance(spec, dict) else None for spec in specs]
+    return [str(n) for n in names] if all(n is not None for n in names) else []
+
+
+def _input_example(mlmodel: dict[str, Any], path: Path, columns: list[str]) -> np.ndarray | None:
+    """The saved input example as float64 rows in `columns` order (MLflow's dataframe `split`/`records` and
+    ndarray forms), or None when there is none or it cannot be read."""
+    info = mlmodel.get("saved_input_example_info")
+    if not isinstance(info, dict) or not isinstance(info.get("artifact_path"), str):
+        return None
+    file = (path / info["artifact_path"]).resolve()
+    if path.resolve() not in file.parents or not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+        if info.get("type") == "dataframe":
+            if info.get("pandas_orient", "split") == "split":
+                index = {str(c): i for i, c in enumerate(data["columns"])}
+                rows = [[row[index[c]] for c in columns] for row in data["data"]]
+            else:  # records
+                rows = [[record[c] for c in columns] for record in data]
+        elif info.get("type") == "ndarray":
+            rows = data["inputs"] if isinstance(data, dict) else data
+        else:
+            return None
+        return np.asarray(rows, dtype=np.float64).reshape(-1, len(columns))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def _columns_and_example(
-    mlmodel: Any, path: Path, n_features: int | None
+    mlmodel: dict[str, Any], path: Path, n_features: int | None
 ) -> tuple[list[str], np.ndarray, dict[str, Any] | None]:
-    signature = mlmodel.signature
-    columns: list[str] = []
-    if signature is not None and signature.inputs is not None and signature.inputs.has_input_names():
-        columns = [str(c) for c in signature.inputs.input_names()]
+    raw = mlmodel.get("signature")
+    signature = (
+        {"inputs": raw.get("inputs"), "outputs": raw.get("outputs"), "params": raw.get("params")}
+        if isinstance(raw, dict)
+        else None
+    )
+    columns = _input_names(signature)
     if not columns and n_features:
         columns = [f"f{i}" for i in range(n_features)]
     if not columns:
         raise ModelLoadError("the model has no input signature and no feature count; cannot validate input")
-    try:
-        example = mlmodel.load_input_example(str(path))
-    except Exception:  # an example is optional: fall back to zeros
-        example = None
-    if example is not None and hasattr(example, "to_numpy"):
-        array = (
-            example[columns].to_numpy(dtype=np.float64) if hasattr(example, "columns") else example.to_numpy()
-        )
-    elif example is not None:
-        array = np.asarray(example, dtype=np.float64).reshape(-1, len(columns))
-    else:
-        array = np.zeros((1, len(columns)), dtype=np.float64)
-    return columns, np.ascontiguousarray(array, dtype=np.float64), signature.to_dict() if signature else None
+    example = _input_example(mlmodel, path, columns)
+    array = example if example is not None and len(example) else np.zeros((1, len(columns)), dtype=np.float64)
+    return columns, np.ascontiguousarray(array, dtype=np.float64), signature
 
 
 def load_model(
     version: VersionInfo,
-    tracking_uri: str,
+    download: Callable[[str, Path], Path],
     metrics: dict[str, float],
     work_dir: Path | None,
     verifier: Verifier,
     allow_pyfunc: bool = False,
 ) -> LoadedModel:
-    """Download a registered version through the tracking server, verify its signature, load it without
-    running code from the artifact, and warm it up. ModelRefused when a trust check fails."""
-    import mlflow
-
+    """Download a registered version through the tracking server (`download(uri, folder)`: the registry's),
+    verify its signature, load it without running code from the artifact, and warm it up. ModelRefused when a
+    trust check fails."""
     uri = version.download_uri or f"models:/{version.name}/{version.version}"
     if uri.split(":", 1)[0] not in DOWNLOAD_SCHEMES:
         # only through the tracking server: a version whose source is a local path or a foreign URL is not fetched
@@ -242,14 +274,11 @@ def load_model(
     try:
         # the version's own artifact location (resolved by the registry client, which knows its URI): MLflow's
         # `models:/` resolution falls back to the process-wide registry URI, which this package never sets
-        path = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri,
-                dst_path=str(base),
-                tracking_uri=tracking_uri,
-            )
-        )
+        path = download(uri, base)
         loaded = load_local(path, version, metrics, verifier, allow_pyfunc)
+    except NotThisProxy as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        raise ModelRefused(f"not downloaded: {exc}", reason="untrusted_source") from None
     except ModelLoadError:
         shutil.rmtree(base, ignore_errors=True)
         raise
@@ -274,16 +303,14 @@ def load_local(
     allow_pyfunc: bool = False,
 ) -> LoadedModel:
     """Verify and load a model folder already on disk (downloaded, or the last good copy), warm it up."""
-    from mlflow.models import Model
-
     start = time.perf_counter()
     try:
         verifier.verify(path, model_name=version.name, run_id=version.run_id)
         verify_s = time.perf_counter() - start
-        flavor = _trusted_flavor(_read_mlmodel(path), allow_pyfunc)
-        mlmodel = Model.load(str(path))
+        mlmodel = _read_mlmodel(path)
+        flavor = _trusted_flavor(mlmodel, allow_pyfunc)
         if flavor == "sklearn":
-            native = _load_skops(path, _read_mlmodel(path))
+            native = _load_skops(path, mlmodel)
             n_features = getattr(native, "n_features_in_", None)
         else:
             classes, n_features = None, None

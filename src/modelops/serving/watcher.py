@@ -67,7 +67,7 @@ class AliasWatcher:
             model = await asyncio.to_thread(
                 load_model,
                 version,
-                self.registry.tracking_uri,
+                self.registry.download,
                 run_metrics,
                 self.model_dir,
                 self.verifier,

@@ -26,13 +26,12 @@ import orjson
 import pandas as pd
 
 from modelops.errors import DataError, InvalidInput
+from modelops.training.options import DEFAULT_MAX_BYTES
 
 if TYPE_CHECKING:
     import httpx
 
 BUILTIN = "builtin:breast_cancer"
-DEFAULT_MAX_BYTES = 1 << 30
-"""Default download limit of `load_dataset` (1 GiB); the CLI flag is `--max-bytes`."""
 
 _MAX_REDIRECTS = 5
 _CONNECT_TIMEOUT_S = 10.0

@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ from modelops import __version__
 from modelops.errors import ConfigError, InvalidInput, RegistryUnavailable, RolloutConflict
 from modelops.registry import MODEL_ARTIFACT_PATH, Registry, classify
 from modelops.training.card import CARD_JSON, CARD_MD, build_card, render_markdown
-from modelops.training.data import BUILTIN, DEFAULT_MAX_BYTES, Dataset, is_prediction_log, load_dataset
+from modelops.training.data import BUILTIN, Dataset, is_prediction_log, load_dataset
 from modelops.training.evaluation import Comparison, Threshold, decide, score_candidate, score_champion
+from modelops.training.options import PROMOTE_MODES, TrainOptions
 from modelops.training.train import (
-    PROMOTE_MODES,
     TrainResult,
     fit_and_evaluate,
     parse_params,
@@ -36,39 +36,6 @@ TRUSTED_TYPES: dict[str, tuple[str, ...]] = {
     "random_forest": ("sklearn.tree._tree.Tree",),
     "gradient_boosting": ("sklearn.tree._tree.Tree",),
 }
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Everything one `modelops train` run needs."""
-
-    tracking_uri: str
-    model_name: str
-    experiment: str
-    alias: str
-    algorithm: str = "logreg"
-    params: list[str] = field(default_factory=list)
-    data: str | None = None
-    target: str = "target"
-    test_size: float = 0.2
-    seed: int = 42
-    promote: str = "auto"
-    metric: str = "roc_auc"
-    wait_s: float = 120.0
-    s3_endpoint_url: str | None = None
-    git_commit: str | None = None
-    signing_key_path: Path | None = None
-    max_bytes: int = DEFAULT_MAX_BYTES
-    positive_class: str | None = None
-    eval_data: str | None = None
-    min_delta: float = 0.0
-    thresholds: list[str] = field(default_factory=list)
-    require_approval: bool = False
-    image: str | None = None
-    trigger: str | None = None
-    challenger_alias: str = "challenger"
-    rollout_steps: str = "5,25,50,100"
-    rollout_interval_s: float = 60.0
 
 
 @dataclass
@@ -464,7 +431,7 @@ def _score_champion(
     try:
         located = registry.with_download_uri(champion)
         loaded = load_model(
-            located, options.tracking_uri, {}, None, Verifier.from_private_key(options.signing_key_path)
+            located, registry.download, {}, None, Verifier.from_private_key(options.signing_key_path)
         )
     except ModelOpsError as exc:
         comparison.champion_error = f"cannot be loaded: {exc.message}"

@@ -12,10 +12,8 @@ import pandas as pd
 
 from modelops.errors import InvalidInput
 from modelops.training.data import Dataset
+from modelops.training.options import ALGORITHMS
 
-ALGORITHMS = ("logreg", "random_forest", "gradient_boosting")
-# rollout: evaluated like auto, but a winner over an existing champion becomes the challenger of a canary rollout
-PROMOTE_MODES = ("auto", "always", "never", "rollout")
 # Metrics where a smaller value is better; every other metric is "greater is better".
 LOWER_IS_BETTER = frozenset({"log_loss", "fit_time_s"})
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)

@@ -1,0 +1,334 @@
+"""MLflow's REST API without MLflow's client: the registry reads and model downloads of a model server.
+
+Importing `mlflow` costs a model server about a second of its cold start and ~170 MiB of memory (issue 12), for
+nine read calls and two artifact-proxy calls. `RestReader` makes those calls over HTTP with the same names and the
+same answers' shapes as `mlflow.tracking.MlflowClient` (the attributes `modelops.registry` reads), and honours the
+client settings MLflow's own client reads from the environment: the tracking token, TLS (insecure, server CA,
+client certificate), the request timeout and retries. Errors carry MLflow's `error_code`, so
+`modelops.registry.classify` reads them as it reads MLflow's exceptions; a server that cannot be reached raises
+the built-in `ConnectionError`.
+
+Downloads go only through MLflow's artifact proxy (`mlflow-artifacts:` URIs) of this tracking server: a URI naming
+another host is refused, and every listed name must be a plain file or folder name inside the download folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_FILES = 10_000  # a model folder with more files than this is not a model
+SEARCH_MAX_RESULTS = 10_000  # MlflowClient.search_model_versions' default page
+
+
+class RestError(Exception):
+    """MLflow answered with an error: `error_code` as MLflow names it (or derived from the status), `status`."""
+
+    def __init__(self, message: str, *, error_code: str, status: int) -> None:
+        super().__init__(f"{error_code}: {message} (HTTP {status})")
+        self.error_code = error_code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+    aliases: list[str]
+    tags: dict[str, str]
+    creation_timestamp: int
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    tags: dict[str, str]
+    aliases: dict[str, str]  # alias -> version, as MLflow's entity
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    artifact_uri: str
+
+
+@dataclass(frozen=True)
+class RunData:
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Run:
+    info: RunInfo
+    data: RunData
+
+
+@dataclass(frozen=True)
+class Experiment:
+    experiment_id: str
+
+
+class Page(list[Any]):
+    """One page of results, with MLflow's next-page token (None on the last page)."""
+
+    def __init__(self, items: list[Any], token: str | None) -> None:
+        super().__init__(items)
+        self.token = token
+
+
+def _tags(raw: Any) -> dict[str, str]:
+    return {str(t["key"]): str(t.get("value", "")) for t in raw or [] if isinstance(t, dict) and "key" in t}
+
+
+def _version(raw: dict[str, Any]) -> ModelVersion:
+    return ModelVersion(
+        name=str(raw.get("name", "")),
+        version=str(raw.get("version", "")),
+        run_id=str(raw.get("run_id") or ""),
+        source=str(raw.get("source") or ""),
+        aliases=[str(a) for a in raw.get("aliases") or []],
+        tags=_tags(raw.get("tags")),
+        creation_timestamp=int(raw.get("creation_timestamp") or 0),
+    )
+
+
+def _run(raw: dict[str, Any]) -> Run:
+    info = raw.get("info") or {}
+    metrics = (raw.get("data") or {}).get("metrics") or []
+    return Run(
+        RunInfo(str(info.get("run_id", "")), str(info.get("artifact_uri", ""))),
+        RunData({str(m["key"]): float(m["value"]) for m in metrics if "key" in m and "value" in m}),
+    )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Transport:
+    """HTTP to one tracking server with MLflow's client settings (see the module's docstring)."""
+
+    tracking_uri: str
+    username: str | None = None
+    password: str | None = None
+    timeout_s: float = field(
+        default_factory=lambda: float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
+    )
+    retries: int = field(default_factory=lambda: int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")))
+    backoff_s: float = field(
+        default_factory=lambda: float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2"))
+    )
+
+    def __post_init__(self) -> None:
+        headers = {}
+        auth = None
+        if self.username and self.password:
+            auth = httpx.BasicAuth(self.username, self.password)
+        elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        verify: bool | str = True
+        if _env_flag("MLFLOW_TRACKING_INSECURE_TLS"):
+            verify = False
+        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+        cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None
+        self.base = self.tracking_uri.rstrip("/")
+        self.http = httpx.Client(
+            auth=auth,
+            headers=headers,
+            verify=verify,
+            cert=cert,
+            timeout=self.timeout_s,
+            follow_redirects=False,
+        )
+
+    def send(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        """One request to `path` (below the tracking URI), retried as MLflow's client retries: on a connection
+        failure, a timeout or a 429/5xx answer. ConnectionError when the server cannot be reached. A `stream`ed
+        response must be closed by the caller."""
+        attempt = 0
+        while True:
+            try:
+                request = self.http.build_request(method, self.base + path, **kwargs)
+                response = self.http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise ConnectionError(f"MLflow at {self.base} is not reachable: {exc!r}") from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                    return response
+                response.close()
+            time.sleep(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0))
+            attempt += 1
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def raise_for_error(response: httpx.Response, what: str) -> None:
+    """RestError for an error answer, with MLflow's error code (or one derived from the status)."""
+    if response.status_code < 400:
+        return
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {}
+    payload = payload if isinstance(payload, dict) else {}
+    code = str(payload.get("error_code") or "")
+    if not code:
+        code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST"}.get(
+            response.status_code, "INTERNAL_ERROR"
+        )
+    message = str(payload.get("message") or response.text[:200])
+    raise RestError(f"{what}: {message}", error_code=code, status=response.status_code)
+
+
+class RestReader:
+    """The subset of `MlflowClient` that `modelops.registry.Registry` reads with, over REST."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def _call(self, method: str, endpoint: str, *, params: Any = None, body: Any = None) -> dict[str, Any]:
+        response = self.transport.send(method, f"/api/2.0/mlflow/{endpoint}", params=params, json=body)
+        raise_for_error(response, endpoint)
+        data = response.json()
+        return data if isinstance(data, dict) else {}
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        found = self._call("GET", "registered-models/alias", params={"name": name, "alias": alias})
+        return _version(found["model_version"])
+
+    def get_model_version(self, name: str, version: str) -> ModelVersion:
+        found = self._call("GET", "model-versions/get", params={"name": name, "version": version})
+        return _version(found["model_version"])
+
+    def get_model_version_download_uri(self, name: str, version: str) -> str:
+        found = self._call(
+            "GET", "model-versions/get-download-uri", params={"name": name, "version": version}
+        )
+        return str(found["artifact_uri"])
+
+    def get_registered_model(self, name: str) -> RegisteredModel:
+        raw = self._call("GET", "registered-models/get", params={"name": name})["registered_model"]
+        aliases = {str(a["alias"]): str(a["version"]) for a in raw.get("aliases") or [] if "alias" in a}
+        return RegisteredModel(str(raw.get("name", name)), _tags(raw.get("tags")), aliases)
+
+    def get_run(self, run_id: str) -> Run:
+        return _run(self._call("GET", "runs/get", params={"run_id": run_id})["run"])
+
+    def search_model_versions(
+        self, filter_string: str, max_results: int = SEARCH_MAX_RESULTS, order_by: list[str] | None = None
+    ) -> Page:
+        params: list[tuple[str, str | int]] = [("filter", filter_string), ("max_results", max_results)]
+        params += [("order_by", o) for o in order_by or []]
+        found = self._call("GET", "model-versions/search", params=params)
+        return Page([_version(v) for v in found.get("model_versions") or []], found.get("next_page_token"))
+
+    def search_experiments(self, page_token: str | None = None) -> Page:
+        """Every experiment this principal can see, deleted ones too (one page)."""
+        body: dict[str, Any] = {"max_results": 1000, "view_type": "ALL"}
+        if page_token:
+            body["page_token"] = page_token
+        found = self._call("POST", "experiments/search", body=body)
+        experiments = [Experiment(str(e["experiment_id"])) for e in found.get("experiments") or []]
+        return Page(experiments, found.get("next_page_token"))
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int) -> Page:
+        """Runs of `experiment_ids` matching `filter_string`, deleted ones too (one page)."""
+        body = {
+            "experiment_ids": experiment_ids,
+            "filter": filter_string,
+            "run_view_type": "ALL",
+            "max_results": max_results,
+        }
+        found = self._call("POST", "runs/search", body=body)
+        return Page([_run(r) for r in found.get("runs") or []], found.get("next_page_token"))
+
+    def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
+        """One artifact of a run (a file or a folder) into `dst_path`; its local path."""
+        root = self.get_run(run_id).info.artifact_uri.rstrip("/")
+        return str(self.download(f"{root}/{path.strip('/')}", Path(dst_path)))
+
+    # -- the artifact proxy ------------------------------------------------------------------------
+    def _proxy_path(self, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.scheme != "mlflow-artifacts":
+            raise _refused(f"{uri} is not behind MLflow's artifact proxy")
+        if parts.netloc and parts.netloc != urlsplit(self.transport.base).netloc:
+            raise _refused(f"{uri} names another server than {self.transport.base}")
+        path = parts.path.strip("/")
+        if not path or any(p in ("", ".", "..") for p in path.split("/")):
+            raise _refused(f"{uri} is not an artifact path")
+        return path
+
+    def _list(self, path: str) -> list[dict[str, Any]]:
+        response = self.transport.send("GET", "/api/2.0/mlflow-artifacts/artifacts", params={"path": path})
+        raise_for_error(response, f"listing {path}")
+        files = (response.json() or {}).get("files") or []
+        return [f for f in files if isinstance(f, dict)]
+
+    def _fetch(self, path: str, target: Path) -> None:
+        response = self.transport.send(
+            "GET", "/api/2.0/mlflow-artifacts/artifacts/" + quote(path), stream=True
+        )
+        try:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_error(response, f"download of {path}")
+            with target.open("wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+        finally:
+            response.close()
+
+    def download(self, uri: str, dst: Path) -> Path:
+        """The file or folder at `uri` (an `mlflow-artifacts:` URI of this server) into folder `dst`; the local
+        path of what was downloaded (`dst/<last part of the URI>`)."""
+        path = self._proxy_path(uri)
+        local = dst / path.rsplit("/", 1)[-1]
+        listed = self._list(path)
+        if not listed:  # a file: the proxy lists nothing under a file
+            self._fetch(path, local)
+            return local
+        local.mkdir(parents=True, exist_ok=True)
+        folders: list[tuple[str, Path, list[dict[str, Any]]]] = [(path, local, listed)]
+        files = 0
+        while folders:
+            remote, folder, entries = folders.pop()
+            for entry in entries:
+                name = str(entry.get("path", ""))
+                if not name or "/" in name or "\\" in name or name in (".", ".."):
+                    raise _bad_listing(f"the artifact proxy listed {name!r} under {remote}")
+                files += 1
+                if files > MAX_FILES:
+                    raise _bad_listing(f"{uri} holds more than {MAX_FILES} files")
+                if entry.get("is_dir"):
+                    (folder / name).mkdir()
+                    folders.append((f"{remote}/{name}", folder / name, self._list(f"{remote}/{name}")))
+                else:
+                    self._fetch(f"{remote}/{name}", folder / name)
+        return local
+
+
+class NotThisProxy(RestError):
+    """An artifact URI that is not a path behind this tracking server's artifact proxy (nothing was fetched)."""
+
+
+def _refused(message: str) -> RestError:
+    return NotThisProxy(message, error_code="INVALID_PARAMETER_VALUE", status=400)
+
+
+def _bad_listing(message: str) -> RestError:
+    return RestError(message, error_code="INVALID_STATE", status=502)
