@@ -14,4 +14,4 @@ def configure_logging(level: str | int) -> None:
     logging.basicConfig(level=level, format=FORMAT, force=True)
     # httpx logs every request at INFO: the registry polls, downloads and log uploads would drown ours
     for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(level if level == logging.DEBUG else logging.WARNING)
+        logging.getLogger(noisy).setLevel(level if level == logging.DEBUG else max(level, logging.WARNING))

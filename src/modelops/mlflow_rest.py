@@ -14,8 +14,10 @@ another host is refused, and every listed name must be a plain file or folder na
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,23 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from modelops.errors import ConfigError
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_FILES = 10_000  # a model folder with more files than this is not a model
+MAX_DOWNLOAD_BYTES = 16 << 30  # nor one larger than 16 GiB (checked while streaming, before any verification)
+MAX_JSON_BYTES = 64 << 20  # an API answer larger than this is not one MLflow sends
 SEARCH_MAX_RESULTS = 10_000  # MlflowClient.search_model_versions' default page
+# MLflow's client's error codes for an error answer without an MLflow error body (mlflow.protos / rest_utils)
+STATUS_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "ENDPOINT_NOT_FOUND",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+UNSUPPORTED_ENV = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4")
 
 
 class RestError(Exception):
@@ -112,16 +128,47 @@ def _run(raw: dict[str, Any]) -> Run:
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+    value = os.environ.get(name, "").strip().lower()
+    if value not in ("", "true", "false", "1", "0"):
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    return value in ("true", "1")
+
+
+def ssl_context() -> ssl.SSLContext:
+    """TLS as MLflow's client sets it up from the environment: a CA bundle (MLFLOW_TRACKING_SERVER_CERT_PATH, else
+    requests' REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, else certifi's), a client certificate, or no verification."""
+    import certifi
+
+    insecure = _env_flag("MLFLOW_TRACKING_INSECURE_TLS")
+    server_ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if insecure and server_ca:
+        raise ConfigError(
+            "MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH are both set: choose one"
+        )
+    cafile = (
+        server_ca
+        or os.environ.get("REQUESTS_CA_BUNDLE")
+        or os.environ.get("CURL_CA_BUNDLE")
+        or certifi.where()
+    )
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if client_cert:
+        context.load_cert_chain(client_cert)
+    return context
 
 
 @dataclass
 class Transport:
-    """HTTP to one tracking server with MLflow's client settings (see the module's docstring)."""
+    """HTTP to one tracking server with MLflow's client settings (see the module's docstring). Redirects are not
+    followed (credentials go to this server only) and are errors, as is any other answer that is not 2xx."""
 
     tracking_uri: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     timeout_s: float = field(
         default_factory=lambda: float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
     )
@@ -131,26 +178,25 @@ class Transport:
     )
 
     def __post_init__(self) -> None:
+        unsupported = [name for name in UNSUPPORTED_ENV if os.environ.get(name)]
+        if unsupported:
+            raise ConfigError(f"{', '.join(unsupported)}: not supported by the model server's MLflow client")
         headers = {}
         auth = None
         if self.username and self.password:
             auth = httpx.BasicAuth(self.username, self.password)
         elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
             headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
-        verify: bool | str = True
-        if _env_flag("MLFLOW_TRACKING_INSECURE_TLS"):
-            verify = False
-        elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-            verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-        cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None
+        if os.environ.get("MLFLOW_WORKSPACE"):
+            headers["X-MLFLOW-WORKSPACE"] = os.environ["MLFLOW_WORKSPACE"]
         self.base = self.tracking_uri.rstrip("/")
         self.http = httpx.Client(
             auth=auth,
             headers=headers,
-            verify=verify,
-            cert=cert,
+            verify=ssl_context() if self.base.startswith("https:") else True,
             timeout=self.timeout_s,
             follow_redirects=False,
+            trust_env=False,  # no proxy or netrc from the environment: this server, these credentials
         )
 
     def send(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
@@ -172,25 +218,73 @@ class Transport:
             time.sleep(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0))
             attempt += 1
 
+    def json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object of a 2xx answer (at most MAX_JSON_BYTES); RestError for any other answer."""
+        response = self.send(method, path, stream=True, **kwargs)
+        try:
+            raise_for_error(response, what)
+            body = bytearray()
+            for chunk in _chunks(response):
+                body += chunk
+                if len(body) > MAX_JSON_BYTES:
+                    raise RestError(
+                        f"{what}: an answer over {MAX_JSON_BYTES} bytes",
+                        error_code="INVALID_STATE",
+                        status=502,
+                    )
+        finally:
+            response.close()
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError as exc:
+            raise RestError(f"{what}: not JSON", error_code="INVALID_STATE", status=502) from exc
+        return data if isinstance(data, dict) else {}
+
     def close(self) -> None:
         self.http.close()
 
 
-def raise_for_error(response: httpx.Response, what: str) -> None:
-    """RestError for an error answer, with MLflow's error code (or one derived from the status)."""
-    if response.status_code < 400:
-        return
+def _chunks(response: httpx.Response) -> Any:
+    """A streamed body's chunks; a connection that breaks mid-body is ConnectionError, as before the answer."""
     try:
-        payload = response.json()
+        yield from response.iter_bytes(1 << 20)
+    except httpx.TransportError as exc:
+        raise ConnectionError(f"MLflow's answer broke off: {exc!r}") from exc
+
+
+def _error_text(response: httpx.Response, limit: int = 65536) -> str:
+    try:
+        return response.text[:limit]
+    except httpx.ResponseNotRead:  # streamed: read its head only
+        head = bytearray()
+        for chunk in _chunks(response):
+            head += chunk
+            if len(head) >= limit:
+                break
+        return head[:limit].decode("utf-8", "replace")
+
+
+def raise_for_error(response: httpx.Response, what: str) -> None:
+    """RestError for an answer that is not 2xx, with MLflow's error code (or the one MLflow's client derives from
+    the status). A redirect is an error too: it is not followed."""
+    if 200 <= response.status_code < 300:
+        return
+    if 300 <= response.status_code < 400:
+        where = response.headers.get("location", "")
+        raise RestError(
+            f"{what}: MLflow redirected to {where!r}; redirects are not followed (set MLFLOW_TRACKING_URI to the "
+            "final address)",
+            error_code="REDIRECT_NOT_FOLLOWED",
+            status=response.status_code,
+        )
+    text = _error_text(response)
+    try:
+        payload = json.loads(text)
     except ValueError:
         payload = {}
     payload = payload if isinstance(payload, dict) else {}
-    code = str(payload.get("error_code") or "")
-    if not code:
-        code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "RESOURCE_DOES_NOT_EXIST"}.get(
-            response.status_code, "INTERNAL_ERROR"
-        )
-    message = str(payload.get("message") or response.text[:200])
+    code = str(payload.get("error_code") or STATUS_CODES.get(response.status_code, "INTERNAL_ERROR"))
+    message = str(payload.get("message") or text[:200])
     raise RestError(f"{what}: {message}", error_code=code, status=response.status_code)
 
 
@@ -201,10 +295,7 @@ class RestReader:
         self.transport = transport
 
     def _call(self, method: str, endpoint: str, *, params: Any = None, body: Any = None) -> dict[str, Any]:
-        response = self.transport.send(method, f"/api/2.0/mlflow/{endpoint}", params=params, json=body)
-        raise_for_error(response, endpoint)
-        data = response.json()
-        return data if isinstance(data, dict) else {}
+        return self.transport.json(method, f"/api/2.0/mlflow/{endpoint}", endpoint, params=params, json=body)
 
     def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
         found = self._call("GET", "registered-models/alias", params={"name": name, "alias": alias})
@@ -262,11 +353,23 @@ class RestReader:
         return str(self.download(f"{root}/{path.strip('/')}", Path(dst_path)))
 
     # -- the artifact proxy ------------------------------------------------------------------------
+    def resolve(self, uri: str) -> str:
+        """The `mlflow-artifacts:` URI behind a `runs:/<run>/<path>` or `models:/<name>/<version>` URI (as MLflow's
+        client resolves them, through this server); other URIs as they are."""
+        parts = urlsplit(uri)
+        segments = parts.path.strip("/").split("/")
+        if parts.scheme == "runs" and not parts.netloc and segments[0]:
+            root = self.get_run(segments[0]).info.artifact_uri.rstrip("/")
+            return "/".join([root, *segments[1:]])
+        if parts.scheme == "models" and not parts.netloc and len(segments) == 2 and segments[1].isdigit():
+            return self.get_model_version_download_uri(segments[0], segments[1])
+        return uri
+
     def _proxy_path(self, uri: str) -> str:
         parts = urlsplit(uri)
         if parts.scheme != "mlflow-artifacts":
-            raise _refused(f"{uri} is not behind MLflow's artifact proxy")
-        if parts.netloc and parts.netloc != urlsplit(self.transport.base).netloc:
+            raise _refused(f"{uri.split(':', 1)[0]}: URIs are not behind this MLflow's artifact proxy")
+        if parts.netloc and parts.netloc.lower() != urlsplit(self.transport.base).netloc.lower():
             raise _refused(f"{uri} names another server than {self.transport.base}")
         path = parts.path.strip("/")
         if not path or any(p in ("", ".", "..") for p in path.split("/")):
@@ -274,33 +377,40 @@ class RestReader:
         return path
 
     def _list(self, path: str) -> list[dict[str, Any]]:
-        response = self.transport.send("GET", "/api/2.0/mlflow-artifacts/artifacts", params={"path": path})
-        raise_for_error(response, f"listing {path}")
-        files = (response.json() or {}).get("files") or []
-        return [f for f in files if isinstance(f, dict)]
+        found = self.transport.json(
+            "GET", "/api/2.0/mlflow-artifacts/artifacts", f"listing {path}", params={"path": path}
+        )
+        return [f for f in found.get("files") or [] if isinstance(f, dict)]
 
-    def _fetch(self, path: str, target: Path) -> None:
+    def _fetch(self, path: str, target: Path, budget: list[int]) -> None:
+        """Stream one file to `target`, counting its bytes against `budget[0]` (what the download may still take)."""
         response = self.transport.send(
             "GET", "/api/2.0/mlflow-artifacts/artifacts/" + quote(path), stream=True
         )
         try:
-            if response.status_code >= 400:
-                response.read()
-                raise_for_error(response, f"download of {path}")
+            raise_for_error(response, f"download of {path}")
             with target.open("wb") as out:
-                for chunk in response.iter_bytes(1 << 20):
+                for chunk in _chunks(response):
+                    budget[0] -= len(chunk)
+                    if budget[0] < 0:
+                        raise _bad_listing(f"the download is larger than {MAX_DOWNLOAD_BYTES} bytes")
                     out.write(chunk)
         finally:
             response.close()
 
     def download(self, uri: str, dst: Path) -> Path:
-        """The file or folder at `uri` (an `mlflow-artifacts:` URI of this server) into folder `dst`; the local
-        path of what was downloaded (`dst/<last part of the URI>`)."""
-        path = self._proxy_path(uri)
-        local = dst / path.rsplit("/", 1)[-1]
+        """The file or folder at `uri` into folder `dst`; the local path of what was downloaded (`dst/<last part of
+        the URI>`). Only through this server's artifact proxy: a `runs:` or `models:` URI is resolved here first,
+        and any URI that does not then name a path behind the proxy is refused unfetched (NotThisProxy). At most
+        MAX_FILES files and MAX_DOWNLOAD_BYTES bytes."""
+        path = self._proxy_path(self.resolve(uri))
+        name = path.rsplit("/", 1)[-1]
+        local = dst / name
+        budget = [MAX_DOWNLOAD_BYTES]
         listed = self._list(path)
-        if not listed:  # a file: the proxy lists nothing under a file
-            self._fetch(path, local)
+        # a file: the proxy lists nothing under it, or (some stores) the file itself (MLflow's own rule)
+        if not listed or (len(listed) == 1 and listed[0].get("path") == name and not listed[0].get("is_dir")):
+            self._fetch(path, local, budget)
             return local
         local.mkdir(parents=True, exist_ok=True)
         folders: list[tuple[str, Path, list[dict[str, Any]]]] = [(path, local, listed)]
@@ -308,17 +418,19 @@ class RestReader:
         while folders:
             remote, folder, entries = folders.pop()
             for entry in entries:
-                name = str(entry.get("path", ""))
-                if not name or "/" in name or "\\" in name or name in (".", ".."):
-                    raise _bad_listing(f"the artifact proxy listed {name!r} under {remote}")
+                entry_name = str(entry.get("path", ""))
+                if not entry_name or "/" in entry_name or "\\" in entry_name or entry_name in (".", ".."):
+                    raise _bad_listing(f"the artifact proxy listed {entry_name!r} under {remote}")
                 files += 1
                 if files > MAX_FILES:
                     raise _bad_listing(f"{uri} holds more than {MAX_FILES} files")
                 if entry.get("is_dir"):
-                    (folder / name).mkdir()
-                    folders.append((f"{remote}/{name}", folder / name, self._list(f"{remote}/{name}")))
+                    (folder / entry_name).mkdir()
+                    folders.append(
+                        (f"{remote}/{entry_name}", folder / entry_name, self._list(f"{remote}/{entry_name}"))
+                    )
                 else:
-                    self._fetch(f"{remote}/{name}", folder / name)
+                    self._fetch(f"{remote}/{entry_name}", folder / entry_name, budget)
         return local
 
 

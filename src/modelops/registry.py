@@ -29,7 +29,7 @@ from modelops.errors import (
     RegistryUnavailable,
     VersionNotFound,
 )
-from modelops.mlflow_rest import RestReader, Transport
+from modelops.mlflow_rest import RestError, RestReader, Transport
 from modelops.settings import RegistrySettings, apply_mlflow_client_defaults, apply_mlflow_credentials
 from modelops.waiting import wait_until
 
@@ -41,6 +41,7 @@ CARD_FILE = "model_card.json"
 T = TypeVar("T")
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
 RUN_TOKEN = re.compile(r"[0-9a-f]{8}")  # rollout ids (rollout/state.py)
+MAX_EXPERIMENT_PAGES = 100  # of 1,000 experiments each: a server repeating its page token stops here
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,9 @@ class RestWriter:
     through MLflow's process-wide credentials."""
 
     def __init__(self, tracking_uri: str, username: str | None, password: SecretStr | None) -> None:
-        self.base = tracking_uri.rstrip("/") + "/api/2.0/mlflow/"
         self.username = username
-        self.auth = (username, password.get_secret_value()) if username and password else None
+        # no retries: a write (create a version, move an alias) is not repeated behind the caller's back
+        self.transport = Transport(tracking_uri, username, _secret(password) if username else None, retries=0)
 
     def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one call; RegistryForbidden on 401/403, VersionNotFound on a missing resource."""
@@ -142,22 +143,18 @@ class RestWriter:
     def call(self, method: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """One call with `method` (MLflow's DELETE endpoints take a JSON body too)."""
         try:
-            response = httpx.request(method, self.base + endpoint, json=body, auth=self.auth, timeout=30)
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailable(f"MLflow is not reachable: {type(exc).__name__}") from exc
-        if response.status_code < 400:
-            return dict(response.json() or {})
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = {}
-        message = str(payload.get("message") or response.text[:200])
-        if response.status_code in (401, 403):
-            who = f"principal {self.username!r}" if self.username else "an anonymous client"
-            raise RegistryForbidden(f"MLflow refused {endpoint} for {who} (HTTP {response.status_code})")
-        if payload.get("error_code") == "RESOURCE_DOES_NOT_EXIST" or response.status_code == 404:
-            raise VersionNotFound(message, field="version")
-        raise RegistryError(f"MLflow {endpoint} failed (HTTP {response.status_code}): {message}")
+            return self.transport.json(method, f"/api/2.0/mlflow/{endpoint}", endpoint, json=body)
+        except ConnectionError as exc:
+            raise RegistryUnavailable(
+                f"MLflow is not reachable: {type(exc.__cause__ or exc).__name__}"
+            ) from exc
+        except RestError as exc:
+            if exc.status in (401, 403):
+                who = f"principal {self.username!r}" if self.username else "an anonymous client"
+                raise RegistryForbidden(f"MLflow refused {endpoint} for {who} (HTTP {exc.status})") from exc
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
+                raise VersionNotFound(str(exc), field="version") from exc
+            raise RegistryError(f"MLflow {endpoint} failed (HTTP {exc.status}): {exc}") from exc
 
 
 def _secret(password: SecretStr | None) -> str | None:
@@ -229,7 +226,7 @@ class Registry:
     def download(self, uri: str, dst: Path) -> Path:
         """The artifact (file or folder) at `uri` into folder `dst`, through this tracking server; its local
         path."""
-        if isinstance(self.reader, RestReader) and uri.startswith("mlflow-artifacts:"):
+        if isinstance(self.reader, RestReader):  # only through this server's artifact proxy (NotThisProxy)
             return self.reader.download(uri, dst)
         import mlflow.artifacts
 
@@ -246,7 +243,7 @@ class Registry:
             return  # a local store (file:, sqlite:) is always there
         url = self.tracking_uri.rstrip("/") + "/health"
         try:
-            response = httpx.get(url, timeout=timeout_s)
+            response = self.writer.transport.http.get(url, timeout=timeout_s)
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is not reachable: {exc}") from exc
         if response.status_code != 200:
@@ -353,7 +350,9 @@ class Registry:
                 return {}
             experiment_ids: list[str] = []
             token: str | None = None
-            while True:  # search_runs needs the experiments; runs of any of them may be registered
+            for _ in range(
+                MAX_EXPERIMENT_PAGES
+            ):  # search_runs needs the experiments; runs of any may be registered
                 page = self.reader.search_experiments(page_token=token)
                 experiment_ids += [e.experiment_id for e in page]
                 token = page.token
@@ -647,13 +646,15 @@ class Registry:
             raise RegistryError(
                 f"run {run_id} keeps its artifacts at {root}, not behind MLflow's artifact proxy"
             )
-        base = f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow-artifacts/artifacts/"
+        base = "/api/2.0/mlflow-artifacts/artifacts/"
         for path, data in files.items():
             url = base + quote(f"{urlsplit(root).path.strip('/')}/{path.strip('/')}")
             try:
-                response = httpx.put(url, content=data, auth=self.writer.auth, timeout=30)
-            except httpx.HTTPError as exc:
-                raise RegistryUnavailable(f"MLflow is not reachable: {type(exc).__name__}") from exc
+                response = self.writer.transport.send("PUT", url, content=data)
+            except ConnectionError as exc:
+                raise RegistryUnavailable(
+                    f"MLflow is not reachable: {type(exc.__cause__ or exc).__name__}"
+                ) from exc
             if response.status_code in (401, 403):
                 raise RegistryForbidden(
                     f"MLflow refused an artifact of run {run_id} for principal {self.writer.username!r} "

@@ -13,11 +13,16 @@ from typing import Any
 import pytest
 
 from modelops import mlflow_rest
+from modelops.errors import ConfigError
 from modelops.mlflow_rest import NotThisProxy, RestError, RestReader, Transport
 from modelops.registry import classify
 from tests.support import free_port
 
-Answer = tuple[int, Any]  # status, JSON body (bytes: sent as they are)
+Answer = tuple[int, Any]  # status, JSON body (bytes: sent as they are; Truncated: cut off mid-body)
+
+
+class Truncated(bytes):
+    """A body whose Content-Length promises more than is sent before the connection closes."""
 
 
 class Scripted:
@@ -33,9 +38,15 @@ class Scripted:
                 status, body = answer(self.command, self.path)
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header(
+                    "Content-Length", str(len(data) + (100 if isinstance(body, Truncated) else 0))
+                )
+                if 300 <= status < 400:
+                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
                 self.end_headers()
                 self.wfile.write(data)
+                if isinstance(body, Truncated):
+                    self.close_connection = True
 
             do_GET = do_POST = _any
 
@@ -78,7 +89,13 @@ def error_of(call: Callable[[], Any]) -> BaseException:
         (403, {"error_code": "PERMISSION_DENIED", "message": "no"}, "forbidden"),
         (401, b"You are not authenticated.", "forbidden"),  # the auth app's plain-text answer
         (403, b"Permission denied", "forbidden"),
-        (400, b"<html>bad</html>", "other"),
+        (400, b"<html>bad</html>", "invalid"),  # MLflow's client: BAD_REQUEST
+        (
+            404,
+            b"<html>no such page</html>",
+            "other",
+        ),  # ENDPOINT_NOT_FOUND: a wrong URL, not a missing version
+        (502, b"bad gateway", "other"),
     ],
 )
 def test_mlflow_errors_are_classified_as_mlflow_clients_errors_are(
@@ -206,3 +223,108 @@ def test_a_folder_with_more_files_than_the_limit_is_refused(
     server = scripted(listing({"1/model": entries}, {f"1/model/f{i}": b"x" for i in range(3)}))
     exc = error_of(lambda: server.reader().download("mlflow-artifacts:/1/model", tmp_path))
     assert "more than 2 files" in str(exc)
+
+
+def test_a_redirect_is_an_error_and_is_not_followed(
+    scripted: Callable[..., Scripted], tmp_path: Path
+) -> None:
+    server = scripted(lambda method, path: (302, b""))
+    exc = error_of(lambda: server.reader().get_registered_model("m"))
+    assert isinstance(exc, RestError) and exc.error_code == "REDIRECT_NOT_FOLLOWED"
+    assert "127.0.0.1:9/elsewhere" in str(exc)
+    assert len(server.requests) == 1
+
+
+def test_a_listing_of_the_file_itself_downloads_that_file(
+    scripted: Callable[..., Scripted], tmp_path: Path
+) -> None:
+    server = scripted(
+        listing({"1/card.json": [{"path": "card.json", "is_dir": False}]}, {"1/card.json": b"{}"})
+    )
+    local = server.reader().download("mlflow-artifacts:/1/card.json", tmp_path)
+    assert local.read_bytes() == b"{}"
+
+
+def test_a_download_larger_than_the_limit_stops(
+    scripted: Callable[..., Scripted], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mlflow_rest, "MAX_DOWNLOAD_BYTES", 10)
+    entries = [{"path": "a", "is_dir": False}, {"path": "b", "is_dir": False}]
+    server = scripted(listing({"1/m": entries}, {"1/m/a": b"x" * 6, "1/m/b": b"y" * 6}))
+    exc = error_of(lambda: server.reader().download("mlflow-artifacts:/1/m", tmp_path))
+    assert "larger than 10 bytes" in str(exc)
+
+
+def test_an_api_answer_larger_than_the_limit_is_refused(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mlflow_rest, "MAX_JSON_BYTES", 100)
+    server = scripted(lambda method, path: (200, {"registered_model": {"name": "m" * 200}}))
+    assert "over 100 bytes" in str(error_of(lambda: server.reader().get_registered_model("m")))
+
+
+def test_an_answer_cut_off_mid_body_is_unreachable(scripted: Callable[..., Scripted], tmp_path: Path) -> None:
+    server = scripted(listing({"1/m": [{"path": "a", "is_dir": False}]}, {"1/m/a": Truncated(b"partial")}))
+    exc = error_of(lambda: server.reader(retries=0).download("mlflow-artifacts:/1/m", tmp_path))
+    assert isinstance(exc, ConnectionError) and classify(exc) == "unreachable"
+
+
+def run_answer(artifact_uri: str) -> Callable[[str, str], Answer]:
+    inner = listing(
+        {"1/r/artifacts/model": [{"path": "MLmodel", "is_dir": False}]}, {"1/r/artifacts/model/MLmodel": b"m"}
+    )
+
+    def answer(method: str, path: str) -> Answer:
+        if path.startswith("/api/2.0/mlflow/runs/get"):
+            return 200, {"run": {"info": {"run_id": "r", "artifact_uri": artifact_uri}, "data": {}}}
+        return inner(method, path)
+
+    return answer
+
+
+def test_a_runs_uri_is_resolved_through_this_server_and_never_leaves_it(
+    scripted: Callable[..., Scripted], tmp_path: Path
+) -> None:
+    from modelops.registry import Registry
+    from modelops.settings import RegistrySettings
+
+    good = scripted(run_answer("mlflow-artifacts:/1/r/artifacts"))
+    registry = Registry(RegistrySettings(tracking_uri=good.uri, model_name="m"))
+    assert (registry.download("runs:/r/model", tmp_path / "a") / "MLmodel").read_bytes() == b"m"
+    # a run whose artifacts are elsewhere: refused after the run was read, before anything is fetched from there
+    for elsewhere in (
+        "https://evil.example/x",
+        "mlflow-artifacts://evil.example/1/r/artifacts",
+        "s3://b/1/r",
+    ):
+        hostile = scripted(run_answer(elsewhere))
+        registry = Registry(RegistrySettings(tracking_uri=hostile.uri, model_name="m"))
+        exc = error_of(lambda registry=registry: registry.download("runs:/r/model", tmp_path / "b"))  # type: ignore[misc]
+        assert isinstance(exc, NotThisProxy), exc
+        assert [path.split("?")[0] for _, path, _ in hostile.requests] == ["/api/2.0/mlflow/runs/get"]
+
+
+def test_settings_mlflows_client_would_refuse_or_cannot_honour_stop_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", "/nonexistent.pem")
+    with pytest.raises(ConfigError, match="both set"):
+        Transport("https://127.0.0.1:1")
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "maybe")
+    with pytest.raises(ConfigError, match="expected true or false"):
+        Transport("https://127.0.0.1:1")
+    monkeypatch.delenv("MLFLOW_TRACKING_INSECURE_TLS")
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "some_plugin")
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_AUTH"):
+        Transport("http://127.0.0.1:1")
+
+
+def test_the_workspace_is_sent_as_mlflows_client_sends_it(
+    scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_WORKSPACE", "team-a")
+    server = scripted(lambda method, path: (200, {"registered_model": {"name": "m"}}))
+    server.reader().get_registered_model("m")
+    assert server.requests[0][2].get("X-MLFLOW-WORKSPACE") == "team-a"

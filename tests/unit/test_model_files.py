@@ -57,12 +57,17 @@ def write_example(folder: Path, info: dict[str, object], content: object) -> dic
     return {"saved_input_example_info": {"artifact_path": "example.json", **info}}
 
 
-def test_records_and_ndarray_examples_are_read_in_column_order(tmp_path: Path) -> None:
-    records = write_example(tmp_path / "r", {"type": "dataframe", "pandas_orient": "records"},
-                            [{"y": 2, "x": 1}, {"x": 3, "y": 4}])  # fmt: skip
-    np.testing.assert_array_equal(_input_example(records, tmp_path / "r", ["x", "y"]), [[1, 2], [3, 4]])
+def test_ndarray_examples_and_examples_saved_with_params_are_read(tmp_path: Path) -> None:
     ndarray = write_example(tmp_path / "n", {"type": "ndarray"}, {"inputs": [[1, 2], [3, 4]]})
     np.testing.assert_array_equal(_input_example(ndarray, tmp_path / "n", ["x", "y"]), [[1, 2], [3, 4]])
+    instances = write_example(tmp_path / "i", {"type": "ndarray"}, {"instances": [[5, 6]]})
+    np.testing.assert_array_equal(_input_example(instances, tmp_path / "i", ["x", "y"]), [[5, 6]])
+    with_params = write_example(
+        tmp_path / "p",
+        {"type": "dataframe", "pandas_orient": "split", "params": {"k": 1}},
+        {"inputs": {"columns": ["y", "x"], "data": [[2, 1]]}, "params": {"k": 1}},
+    )
+    np.testing.assert_array_equal(_input_example(with_params, tmp_path / "p", ["x", "y"]), [[1, 2]])
 
 
 @pytest.mark.parametrize(

@@ -207,8 +207,8 @@ def _input_names(signature: dict[str, Any] | None) -> list[str]:
 
 
 def _input_example(mlmodel: dict[str, Any], path: Path, columns: list[str]) -> np.ndarray | None:
-    """The saved input example as float64 rows in `columns` order (MLflow's dataframe `split`/`records` and
-    ndarray forms), or None when there is none or it cannot be read."""
+    """The saved input example as float64 rows in `columns` order (MLflow's dataframe and ndarray forms, read as
+    MLflow's `load_input_example` reads them), or None when there is none or it cannot be read."""
     info = mlmodel.get("saved_input_example_info")
     if not isinstance(info, dict) or not isinstance(info.get("artifact_path"), str):
         return None
@@ -217,14 +217,17 @@ def _input_example(mlmodel: dict[str, Any], path: Path, columns: list[str]) -> n
         return None
     try:
         data = json.loads(file.read_text())
-        if info.get("type") == "dataframe":
-            if info.get("pandas_orient", "split") == "split":
-                index = {str(c): i for i, c in enumerate(data["columns"])}
-                rows = [[row[index[c]] for c in columns] for row in data["data"]]
-            else:  # records
-                rows = [[record[c] for c in columns] for record in data]
-        elif info.get("type") == "ndarray":
-            rows = data["inputs"] if isinstance(data, dict) else data
+        if info.get("params"):  # an example saved with params: {"inputs": <the example>, "params": {...}}
+            data = data["inputs"]
+        if info.get("type") == "dataframe":  # MLflow reads every dataframe example as orient "split"
+            index = {str(c): i for i, c in enumerate(data["columns"])}
+            rows = [[row[index[c]] for c in columns] for row in data["data"]]
+        elif info.get("type") == "ndarray":  # TF-serving form
+            rows = (
+                next(data[k] for k in ("inputs", "instances") if k in data)
+                if isinstance(data, dict)
+                else data
+            )
         else:
             return None
         return np.asarray(rows, dtype=np.float64).reshape(-1, len(columns))
