@@ -248,6 +248,12 @@ async def not_ready() -> AsyncIterator[Client]:
         yield c
 
 
+def request_count(endpoint: str, status: str) -> float:
+    from modelops.serving import metrics
+
+    return metrics.REQUESTS.labels(endpoint, "GET", status)._value.get()
+
+
 def error(response: httpx.Response) -> dict[str, Any]:
     """Our error body: {"error": {"code", "message", "field"}}."""
     body = response.json()
@@ -377,6 +383,25 @@ async def test_an_unexpected_error_is_a_json_500_without_a_trace() -> None:
             {"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP64", "data": ROW}]},
         )
         assert v2.status_code == 500 and v2.json() == {"error": "internal server error"}
+
+
+async def test_an_unexpected_error_behind_fastapis_stack_is_the_same_json_500(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(model=small_model())
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(app_service(app), "model_info", broken)
+    before = request_count("/model", "500")
+    async for client in client_for(app):
+        response = await client.get("/model", headers={"x-request-id": "req-500"})
+        assert response.status_code == 500 and "secret" not in response.text
+        assert error(response)["code"] == "internal_error"
+        assert response.headers["x-request-id"] == "req-500"  # the context layer still saw the answer
+    assert request_count("/model", "500") == before + 1
+    assert any("unhandled error on GET /model" in r.getMessage() for r in caplog.records)
 
 
 # -- admin ------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from modelops import __version__, console
 from modelops.monitoring import predlog
@@ -44,10 +45,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(log.stop, LOG_STOP_TIMEOUT_S)
 
 
+class ServingApp(FastAPI):
+    """FastAPI with our two layers outside its own middleware stack: RequestContext (request id, version header,
+    request metrics, a JSON 500), then FastRoutes (the prediction routes, fastpath.py), then FastAPI's stack for
+    every other request (its server-error, telemetry and body-limit layers, exception handlers, router). A
+    prediction request pays for none of FastAPI's layers; every request still gets the context."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        routes = prediction_routes(self.router.routes, PREDICTION_PATHS)
+        return RequestContext(FastRoutes(inner, routes), store=self.state.service.store)
+
+
 def create_app(settings: ServerSettings, registry: Registry | None = None) -> FastAPI:
     """Build the model server app for `settings` (read nothing else); `registry` replaces the MLflow one."""
     service = ServingService.from_settings(settings, registry)
-    app = FastAPI(
+    app = ServingApp(
         title="ModelOps Stack model server",
         version=__version__,
         description=f"Serves the `{settings.model_alias}` alias of `{settings.model_name}` from the MLflow registry.",
@@ -66,8 +79,6 @@ def create_app(settings: ServerSettings, registry: Registry | None = None) -> Fa
     if settings.ui_enabled:
         console.mount(app, service)
     errors.install(app)
-    app.add_middleware(FastRoutes, routes=prediction_routes(app.router.routes, PREDICTION_PATHS))
-    app.add_middleware(RequestContext, store=service.store)  # the outermost: every answer gets its headers
     app.openapi = OpenAPIDocument(app, service)  # type: ignore[method-assign]
     return app
 

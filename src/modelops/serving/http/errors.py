@@ -144,6 +144,11 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     return error_response(request, 422, "invalid_input", message, field)
 
 
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A 500 in the route's error shape, without any detail of the exception."""
+    return error_response(request, 500, "internal_error", "internal server error")
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     """Routing errors (404, 405 with its Allow header) in the route's error shape."""
     assert isinstance(exc, StarletteHTTPException)
@@ -158,3 +163,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ModelOpsError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # an unexpected exception on a route behind FastAPI's stack: Starlette's server-error layer answers with this
+    # (not its plain-text page) and re-raises it to RequestContext, which logs it and counts the 500
+    app.add_exception_handler(500, internal_error)
