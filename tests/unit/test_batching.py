@@ -74,6 +74,39 @@ def test_a_lone_request_does_not_wait() -> None:
     assert asyncio.run(main()) < 0.5  # far below the 1 s max wait: nobody else was arriving
 
 
+def test_a_lone_small_request_is_predicted_in_its_own_task_and_a_crowd_in_the_batchers() -> None:
+    tasks: list[str] = []
+    model = recording_model("1", [])
+    inner = model.predict_fn
+
+    def predict(x: np.ndarray) -> Prediction:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            task = None
+        tasks.append(task.get_name() if task else "a thread")
+        return inner(x)
+
+    model.predict_fn = predict
+
+    async def main() -> None:
+        batcher = MicroBatcher(max_batch_rows=100, max_wait_ms=50, inline_max_rows=64)
+        try:
+            alone = asyncio.current_task()
+            assert alone is not None
+            alone.set_name("caller")
+            assert (await batcher.predict(model, rows(1))).labels.tolist() == [101]
+            assert tasks == ["caller"]
+            big = await batcher.predict(model, rows(*range(65)))  # over inline_max_rows: the batcher's thread
+            assert len(big.labels) == 65 and tasks[-1] == "a thread"
+            await asyncio.gather(*(arrive_and_predict(batcher, model, rows(i)) for i in range(3)))
+            assert tasks[2:] and set(tasks[2:]) == {"micro-batcher"}  # others were arriving: batched
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
 def test_rows_of_different_models_are_never_mixed() -> None:
     calls: list[int] = []
     old, new = recording_model("1", calls), recording_model("2", calls)
