@@ -227,6 +227,7 @@ def test_http_csv_loads(site: Site) -> None:
 
 def test_credentials_and_query_are_used_but_never_kept(site: Site, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # its own level: configure_logging quiets it to WARNING
     dataset = load_dataset(site.secret_url("/private.csv"), "label")
     assert dataset.n_rows == 40  # the server saw the user-info as Basic auth and the token in the query
     assert dataset.source == f"{site.base}/private.csv"
@@ -256,6 +257,7 @@ def test_http_failures_name_the_redacted_source_only(
     site: Site, path: str, expected: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")
     with pytest.raises(DataError) as info:
         load_dataset(site.secret_url(path), "label")
     assert expected in info.value.message

@@ -552,3 +552,37 @@ async def test_a_number_just_past_float64s_bound_is_refused_and_the_bound_itself
     assert refused.status_code == 422 and error(refused)["field"] == "features[1]", refused.text
     edge = await client.post("/predict", {"features": [0.2, 1.7976931348623157e308, 0.6]})
     assert edge.status_code == 200, edge.text
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"instances": [[1, 2], [3, true]]}',
+        b'{"features": [false, 1]}',
+        b"true",
+        b"[false]",
+        b'{"rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr": 1, "x": true}',  # past the hit limit: the plain search
+        b'{"sssssssssssssssssssssssssssssssssssssssssssss": 1, "x": false}',
+        b'{"parameters": {"a": 1}, "inputs": [{"data": [1, 2, true]}]}',
+    ],
+)
+def test_a_json_boolean_anywhere_is_found(raw: bytes) -> None:
+    from modelops.serving.schemas import has_json_bool
+
+    assert has_json_bool(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"instances": [[1.5, 2e-05], [3, 4]]}',
+        b'{"features": {"mean radius": 1, "worst texture": 2}}',
+        b"",
+        b"rs",
+        b'{"inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}',
+    ],
+)
+def test_a_body_without_booleans_is_not_strict(raw: bytes) -> None:
+    from modelops.serving.schemas import has_json_bool
+
+    assert not has_json_bool(raw)

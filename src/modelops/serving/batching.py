@@ -91,7 +91,8 @@ class MicroBatcher:
                 return
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: it can lose a cancellation on 3.11
+                    await self._wakeup.wait()
             except TimeoutError:
                 return
 

@@ -141,7 +141,8 @@ class ChallengerFollower:
                 log.exception("rollout poll failed unexpectedly")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+                async with asyncio.timeout(self.poll_interval_s):  # not wait_for: see _take
+                    await self._wake.wait()
 
     def wake(self) -> None:
         """Poll now (after this process changed the rollout)."""
@@ -226,7 +227,8 @@ class ChallengerRunner:
         self.running += 1
         future = asyncio.get_running_loop().run_in_executor(self.pool, self.faults.wrap(model), rows)
         future.add_done_callback(self._done)
-        result = await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):  # not wait_for: see _take
+            result = await asyncio.shield(future)
         if len(result.labels) != len(rows):
             raise ValueError(
                 f"challenger v{model.version} answered {len(result.labels)} labels for {len(rows)} rows"
@@ -270,7 +272,10 @@ class ChallengerRunner:
     async def _take(self) -> _Copy:
         while True:
             try:
-                copy = await asyncio.wait_for(self.queue.get(), SHADOW_WORKER_IDLE_S)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that comes as the
+                # queue hands over a copy, and stop() then waits for this task forever
+                async with asyncio.timeout(SHADOW_WORKER_IDLE_S):
+                    copy = await self.queue.get()
                 break
             except TimeoutError:
                 await self._close_worker("idle")  # the shadow rollout is over (or paused)

@@ -228,18 +228,28 @@ def _locate_error(rows: list[Any], model: LoadedModel, field: str, single: bool)
             _check_value(value, f"{where}[{j}]")
 
 
-def _to_matrix(rows: list[Any], model: LoadedModel, field: str, single: bool, strict: bool) -> np.ndarray:
-    if not single:
-        rows = [
-            _named_row(r, model, f"{field}[{i}]") if isinstance(r, dict) else r for i, r in enumerate(rows)
-        ]
-    if strict:  # the body holds JSON booleans: walk it so true/false are named, not cast to 1/0
-        _locate_error(rows, model, field, single)
+def _numeric(rows: list[Any], n_features: int) -> np.ndarray | None:
+    """`rows` as an N x n_features array of numbers, or None when they are not that (named rows, bad input)."""
     try:
         x = np.array(rows)
     except (ValueError, TypeError):
-        x = np.empty(0, dtype=object)
-    if x.ndim != 2 or x.shape[1] != model.n_features or x.dtype.kind not in "fiu":
+        return None
+    return x if x.ndim == 2 and x.shape[1] == n_features and x.dtype.kind in "fiu" else None
+
+
+def _to_matrix(rows: list[Any], model: LoadedModel, field: str, single: bool, strict: bool) -> np.ndarray:
+    # lists of numbers (the bulk case) convert in one step; named rows, booleans and bad input take the walk
+    x = None if strict else _numeric(rows, model.n_features)
+    if x is None:
+        if not single:
+            rows = [
+                _named_row(r, model, f"{field}[{i}]") if isinstance(r, dict) else r
+                for i, r in enumerate(rows)
+            ]
+        if strict:  # the body holds JSON booleans: walk it so true/false are named, not cast to 1/0
+            _locate_error(rows, model, field, single)
+        x = _numeric(rows, model.n_features)
+    if x is None:
         _locate_error(rows, model, field, single)
         raise InvalidInput(f"{field} must be rows of {model.n_features} numbers", field=field)
     x = x.astype(np.float64, copy=False)
@@ -272,6 +282,24 @@ def parse_json_int(text: str) -> int | float:
     return float(value)
 
 
+def has_json_bool(raw: bytes, max_hits: int = 32) -> bool:
+    """Whether `raw` (JSON) may hold a `true` or `false` (then the strict walk names it instead of it being cast to
+    1 or 0). Never False when it does. Fast on bulk bodies: `r` and `s` occur in no JSON number, so a search for
+    those single bytes (memchr) meets only keys and literals, and each hit is checked where it stands; past
+    `max_hits` key letters, the plain search answers (`b"true" in raw` alone costs ~0.3 ms on a 1000-row body)."""
+    for letter, word, offset in ((b"r", b"true", 1), (b"s", b"false", 3)):
+        at = raw.find(letter)
+        hits = 0
+        while at != -1:
+            if at >= offset and raw.startswith(word, at - offset):
+                return True
+            hits += 1
+            if hits > max_hits:
+                return word in raw
+            at = raw.find(letter, at + 1)
+    return False
+
+
 def parse_predict(body: Any, model: LoadedModel, max_rows: int, raw: bytes) -> tuple[np.ndarray, bool]:
     """(rows as float64 N x F, single-row request?) or InvalidInput naming the field."""
     x, single = _parse_predict(body, model, max_rows, raw)
@@ -295,7 +323,7 @@ def _parse_predict(body: Any, model: LoadedModel, max_rows: int, raw: bytes) -> 
     if len(body) != 1:  # a typo ("feature", "instance") must not pass unnoticed
         unknown = next(k for k in body if k not in ("features", "instances"))
         raise InvalidInput(f"unknown field {unknown!r}: send only 'features' or 'instances'", field=unknown)
-    strict = b"true" in raw or b"false" in raw
+    strict = has_json_bool(raw)
     if has_features:
         features = body["features"]
         if isinstance(features, dict):

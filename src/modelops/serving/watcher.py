@@ -212,7 +212,8 @@ class AliasWatcher:
                 wait = self.poll_interval_s
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):  # not wait_for: it can lose a cancellation on 3.11
+                    await self._wake.wait()
 
     def start(self) -> None:
         removed = clean_model_dirs(self.model_dir)

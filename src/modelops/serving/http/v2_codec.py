@@ -28,6 +28,7 @@ from modelops.serving.http.body import load_json
 from modelops.serving.http.errors import BadRequest
 from modelops.serving.http.tensors import DATATYPES, NUMERIC, binary_values, is_int, json_values
 from modelops.serving.model import LoadedModel, Prediction
+from modelops.serving.schemas import has_json_bool
 from modelops.serving.service import (
     ORJSON_OPTIONS,
     PREDICT_OUTPUT,
@@ -233,7 +234,7 @@ def decode_infer(raw: bytes, header_length: str | None, model: LoadedModel, max_
             )
     if len(inputs) != len(names):
         raise InvalidInput(f"inputs must hold exactly the tensors {names}, got {len(inputs)}", field="inputs")
-    strict = b"true" in header or b"false" in header
+    strict = has_json_bool(header)
     rows = _input_rows(inputs[0], model, max_rows, binary, "inputs[0]", strict)
     if binary.offset != len(binary.data):
         raise BadRequest(
