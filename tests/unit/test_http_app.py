@@ -563,6 +563,8 @@ async def test_a_number_just_past_float64s_bound_is_refused_and_the_bound_itself
         b"[false]",
         b'{"rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr": 1, "x": true}',  # past the hit limit: the plain search
         b'{"sssssssssssssssssssssssssssssssssssssssssssss": 1, "x": false}',
+        # past the hit limit for "true" (many r's in keys), then "false" must still be looked for (the fuzzer)
+        b'{"rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr": 1, "x": false}',
         b'{"parameters": {"a": 1}, "inputs": [{"data": [1, 2, true]}]}',
     ],
 )

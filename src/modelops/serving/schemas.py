@@ -294,8 +294,10 @@ def has_json_bool(raw: bytes, max_hits: int = 32) -> bool:
             if at >= offset and raw.startswith(word, at - offset):
                 return True
             hits += 1
-            if hits > max_hits:
-                return word in raw
+            if hits > max_hits:  # many keys hold the letter: the plain search, for this word only
+                if word in raw:
+                    return True
+                break
             at = raw.find(letter, at + 1)
     return False
 
