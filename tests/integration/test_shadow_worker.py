@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from modelops.registry import VersionInfo
-from modelops.serving import metrics, shadow_worker
+from modelops.serving import metrics, routing, shadow_worker
 from modelops.serving.model import LoadedModel, load_local
 from modelops.serving.routing import ChallengerRunner, Faults
 from modelops.serving.shadow_worker import START_TIMEOUT_S, ShadowWorker, WorkerFailed
@@ -176,6 +176,52 @@ def test_the_runner_sends_shadow_copies_to_the_worker_and_counts_every_one(model
     compared, counted, pid = asyncio.run(scenario())
     assert compared == 50 and counted == 50
     assert pid is not None  # predicted in the worker process, not in the server's threads
+
+
+def test_a_worker_that_could_not_start_is_tried_again_later_and_threads_predict_meanwhile(
+    models: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    challenger: LoadedModel = models["challenger"]  # type: ignore[assignment]
+    champion: LoadedModel = models["champion"]  # type: ignore[assignment]
+    starts: list[str] = []
+
+    def flaky_start(*args: object, **kwargs: object) -> ShadowWorker:
+        starts.append("refused" if not starts else "started")
+        if len(starts) == 1:
+            raise OSError("fork failed: resource temporarily unavailable")  # as a full process table answers
+        return ShadowWorker(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(routing, "ShadowWorker", flaky_start)
+    monkeypatch.setattr(routing, "SHADOW_WORKER_RETRY_S", 1.0)
+
+    def compared() -> float:
+        return float(metrics.SHADOW_REQUESTS.labels("compared")._value.get())
+
+    async def offer_and_wait(runner: ChallengerRunner, i: int) -> None:
+        before = compared()
+        runner.offer(challenger, X[i : i + 1], champion.predict(X[i : i + 1]))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while compared() == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert compared() == before + 1
+
+    async def scenario() -> tuple[int | None, int | None, list[str]]:
+        runner = ChallengerRunner(30, 1000, verifier=models["verifier"])  # type: ignore[arg-type]
+        runner.start()
+        try:
+            await offer_and_wait(runner, 0)  # the start fails: this copy is predicted in a thread
+            after_failure = runner.worker.pid if runner.worker is not None else None
+            await offer_and_wait(runner, 1)  # before the retry delay: threads again, no new start
+            tried_early = list(starts)
+            await asyncio.sleep(1.1)
+            await offer_and_wait(runner, 2)  # after it: a worker starts and predicts
+            return after_failure, runner.worker.pid if runner.worker is not None else None, tried_early
+        finally:
+            await runner.stop()
+
+    after_failure, later, tried_early = asyncio.run(scenario())
+    assert after_failure is None and tried_early == ["refused"]
+    assert later is not None and starts == ["refused", "started"]
 
 
 def test_the_worker_keeps_its_own_files_when_the_server_unloads_the_challenger_while_it_starts(

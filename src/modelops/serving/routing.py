@@ -46,6 +46,10 @@ SHADOW_BATCH_ROWS = 256
 SHADOW_BATCH_WAIT_S = 0.1
 # A shadow worker process with no copy to predict for this long is stopped (the rollout is over, or moved on).
 SHADOW_WORKER_IDLE_S = 30.0
+# a challenger whose worker could not start uses threads, and its worker is tried again after this long (doubling
+# after each failure, up to SHADOW_WORKER_RETRY_MAX_S): a failure may pass (memory, a full process table)
+SHADOW_WORKER_RETRY_S = 30.0
+SHADOW_WORKER_RETRY_MAX_S = 600.0
 
 
 class ChallengerBusy(Exception):
@@ -206,8 +210,11 @@ class ChallengerRunner:
         # the one thread that talks to the shadow worker (it waits on the pipe without the interpreter lock)
         self.worker_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-worker")
         self.worker: ShadowWorker | None = None
-        # the challenger a worker could not start for: its copies use threads (weak: it keeps no model alive)
+        # the challenger a worker could not start for: its copies use threads until _worker_retry_at (weak: it
+        # keeps no model alive); _worker_failures in a row for it set the next delay
         self._worker_refused: weakref.ref[LoadedModel] | None = None
+        self._worker_retry_at = 0.0
+        self._worker_failures = 0
         self.queue: asyncio.Queue[_Copy] = asyncio.Queue(queue_requests)
         self.queued_rows = 0
         self.running = 0  # predictions in the pool, including timed-out ones still running
@@ -315,7 +322,11 @@ class ChallengerRunner:
             "exited" if self.worker is not None and not self.worker.alive else "replaced"
         )
         refused = self._worker_refused() if self._worker_refused is not None else None
-        if self.verifier is None or model.model_path is None or model.released or refused is model:
+        if refused is not model:
+            self._worker_failures = 0
+        elif time.monotonic() < self._worker_retry_at:
+            return None
+        if self.verifier is None or model.model_path is None or model.released:
             return None
         loop = asyncio.get_running_loop()
         log.info("starting a shadow worker for v%s", model.version)
@@ -330,22 +341,31 @@ class ChallengerRunner:
             )
         except Exception as exc:  # cannot spawn here, or the files are gone: the threads do it
             log.error(
-                "no shadow worker process for v%s (%s): its copies are predicted in threads",
+                "no shadow worker process for v%s (%s): its copies are predicted in threads, %s",
                 model.version,
                 exc,
+                self._refuse(model),
             )
-            self._worker_refused = weakref.ref(model)
             return None
         try:  # in self.worker while it starts, so that stop() ends it
             await loop.run_in_executor(self.worker_pool, self.worker.wait_ready)
         except (WorkerFailed, TimeoutError) as exc:
+            retry = self._refuse(model)
             if not model.released:
-                log.error("%s; its copies are predicted in threads", exc)
-            self._worker_refused = weakref.ref(model)
+                log.error("%s; its copies are predicted in threads, %s", exc, retry)
             await self._close_worker("did not start")
             return None
+        self._worker_failures = 0
         log.info("shadow copies of v%s are predicted in worker process %s", model.version, self.worker.pid)
         return self.worker
+
+    def _refuse(self, model: LoadedModel) -> str:
+        """Note that `model`'s worker did not start; when it is tried again, as words for the log."""
+        self._worker_refused = weakref.ref(model)
+        delay = min(SHADOW_WORKER_RETRY_S * 2**self._worker_failures, SHADOW_WORKER_RETRY_MAX_S)
+        self._worker_failures += 1
+        self._worker_retry_at = time.monotonic() + delay
+        return f"and a worker is tried again in {delay:g} s"
 
     async def _close_worker(self, why: str) -> None:
         worker, self.worker = self.worker, None
