@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,10 @@ class Peer:
     paths: dict[str, str]  # body kind -> URL path; kinds not listed are not measured on this server
     bodies: dict[str, Path] = field(default_factory=dict)  # overrides of the shared body files
     proc: subprocess.Popen[bytes] | None = None
-    cold_start_s: float | None = None
+    cold_start_s: float | None = None  # the last start's
+    cold_starts: list[float] = field(
+        default_factory=list
+    )  # every start's (the first, then --cold-starts more)
     rss: tuple[float, int] | None = None  # MiB summed over the server's processes, process count
     results: dict[str, Result | str] = field(default_factory=dict)  # workload key -> result or why not
     not_measured: str | None = None
@@ -129,6 +133,7 @@ def start_and_wait(peer: Peer, body: Path, log_dir: Path, deadline_s: float = ST
                 response = client.post(url, content=payload, headers={"content-type": "application/json"})
                 if response.status_code == 200:
                     peer.cold_start_s = time.monotonic() - started
+                    peer.cold_starts.append(peer.cold_start_s)
                     return
                 last = f"HTTP {response.status_code} {response.text[:200]}"
             except httpx.HTTPError as exc:
@@ -337,6 +342,12 @@ def main() -> int:
         "--only",
         default="",
         help="comma-separated server keys to run (ours,ours-log,mlserver,fastapi,bare,mlflow)",
+    )
+    parser.add_argument(
+        "--cold-starts",
+        type=int,
+        default=5,
+        help="cold starts per server, each a fresh process after the workloads (one start is noisy)",
     )
     parser.add_argument("--write", type=Path, help="write the results as Markdown to this file")
     args = parser.parse_args()
@@ -558,8 +569,13 @@ def measure(peer: Peer, files: dict[str, Path], args: argparse.Namespace, lua: P
         )
     assert peer.proc is not None
     peer.rss = session_rss(peer.proc.pid)
-    if peer.key == "ours-log":
+    if peer.key == "ours-log":  # read from the process that served the workloads, before the restarts below
         peer.notes.append(prediction_log_outcome(peer.port))
+    for _ in range(args.cold_starts - 1):  # more cold starts, each of a fresh process on a quiet machine
+        stop(peer)
+        time.sleep(1)
+        start_and_wait(peer, files[first], tmp)
+    print(f"{peer.label}: cold starts {', '.join(f'{s:.2f}' for s in peer.cold_starts)} s", flush=True)
 
 
 def prediction_log_outcome(port: int) -> str:
@@ -616,6 +632,16 @@ RATIOS = [
         for c in (8, 32)
     ),
 ]
+
+
+def cold_text(peer: Peer) -> str:
+    """`median (min-max)` of the peer's cold starts in seconds, or n/a."""
+    if not peer.cold_starts:
+        return "n/a"
+    starts = sorted(peer.cold_starts)
+    if len(starts) == 1:
+        return f"{starts[0]:.2f}"
+    return f"{statistics.median(starts):.2f} ({starts[0]:.2f}-{starts[-1]:.2f})"
 
 
 def named(peer: Peer, load: Workload) -> str:
@@ -684,29 +710,30 @@ def render(peers: list[Peer], args: argparse.Namespace, extra: dict[str, object]
                 lines.append(f"| {peer.label} | {named(peer, load)} | {value} | | | |")
     lines += [
         "",
-        "| server | cold start to first prediction (s) | RSS after its load (MiB, all processes) | processes |",
+        "| server | cold start to first prediction (s) | RSS after the workloads (MiB, all processes) | processes |",
         "| --- | ---: | ---: | ---: |",
     ]
     for peer in peers:
         if peer.not_measured:
             continue
         rss = f"{peer.rss[0]:.0f} | {peer.rss[1]}" if peer.rss else "not read | "
-        cold = f"{peer.cold_start_s:.2f}" if peer.cold_start_s is not None else "n/a"
+        cold = cold_text(peer)
         lines.append(f"| {peer.label} | {cold} | {rss} |")
     lines += ["", *(f"{peer.label}: {note}." for peer in peers for note in peer.notes)]
     lines += [
         "",
-        "Cold start = spawn to the first 200 on a prediction request (polled every 50 ms). Ours and `mlflow models "
-        "serve` include resolving and downloading the model from MLflow (ours also verifies its signature); "
-        "MLServer and the FastAPI app load a local joblib file.",
+        "Cold start = spawn to the first 200 on a prediction request (polled every 50 ms): the median of "
+        f"{args.cold_starts} starts of a fresh process (min-max in brackets), the first before the workloads, the "
+        "others after them. Ours and `mlflow models serve` include resolving and downloading the model from MLflow "
+        "(ours also verifies its signature); MLServer and the FastAPI app load a local joblib file.",
         "",
         "## Ratios (from this one run: same worker count, same model, same body; mlflow: the same rows as dataframe_split)",
         "",
         *(ratio(("ours", load), (peer, other or load), text, pct) for load, peer, other, text, pct in RATIOS),
     ]
     ours, ml = by_key.get("ours"), by_key.get("mlserver")
-    if ours and ml and ours.cold_start_s and ml.cold_start_s:
-        lines.append(f"- cold start: ours {ours.cold_start_s:.2f} s vs MLServer {ml.cold_start_s:.2f} s")
+    if ours and ml and ours.cold_starts and ml.cold_starts:
+        lines.append(f"- cold start (median): ours {cold_text(ours)} s vs MLServer {cold_text(ml)} s")
     missing = [p for p in peers if p.not_measured]
     if missing:
         lines += ["", "## Not measured", ""]
