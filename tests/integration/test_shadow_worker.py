@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -205,7 +206,7 @@ def test_a_worker_that_could_not_start_is_tried_again_later_and_threads_predict_
             await asyncio.sleep(0.05)
         assert compared() == before + 1
 
-    async def scenario() -> tuple[int | None, int | None, list[str]]:
+    async def scenario() -> tuple[int | None, int | None, list[str], int | None]:
         runner = ChallengerRunner(30, 1000, verifier=models["verifier"])  # type: ignore[arg-type]
         runner.start()
         try:
@@ -215,13 +216,24 @@ def test_a_worker_that_could_not_start_is_tried_again_later_and_threads_predict_
             tried_early = list(starts)
             await asyncio.sleep(1.1)
             await offer_and_wait(runner, 2)  # after it: a worker starts and predicts
-            return after_failure, runner.worker.pid if runner.worker is not None else None, tried_early
+            later = runner.worker.pid if runner.worker is not None else None
+            # a worker that dies (killed, out of memory) is not restarted for every batch either: the next delay
+            # (doubled: the second failure) passes first, its copies go to threads meanwhile
+            assert later is not None
+            os.kill(later, signal.SIGKILL)
+            await asyncio.to_thread(runner.worker._process.wait, 10)  # type: ignore[union-attr]
+            await offer_and_wait(runner, 3)
+            assert runner.worker is None and starts == ["refused", "started"]
+            await asyncio.sleep(2.1)
+            await offer_and_wait(runner, 4)
+            restarted = runner.worker.pid if runner.worker is not None else None
+            return after_failure, later, tried_early, restarted
         finally:
             await runner.stop()
 
-    after_failure, later, tried_early = asyncio.run(scenario())
+    after_failure, later, tried_early, restarted = asyncio.run(scenario())
     assert after_failure is None and tried_early == ["refused"]
-    assert later is not None and starts == ["refused", "started"]
+    assert restarted is not None and restarted != later and starts == ["refused", "started", "started"]
 
 
 def test_the_worker_keeps_its_own_files_when_the_server_unloads_the_challenger_while_it_starts(

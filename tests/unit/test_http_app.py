@@ -307,6 +307,15 @@ async def test_predict_one_row_many_rows_and_named_rows(client: Client) -> None:
         (b'{"features": [0.1, 0.2, 1e400]}', 422, "invalid_input", "features[2]"),
         (b'{"features": [0.1, 0.2, NaN]}', 422, "invalid_input", "features[2]"),
         (b'{"features": [0.1, 0.2, true]}', 422, "invalid_input", "features[2]"),
+        # UTF-16/32: no boolean check on the raw bytes would find `true`; JSON over HTTP is UTF-8 (the reviewer)
+        ('{"features": [0.1, 0.2, true]}'.encode("utf-16"), 400, "malformed_json", "body"),
+        ('{"instances": [{"a": 1, "b": 2, "c": false}]}'.encode("utf-32"), 400, "malformed_json", "body"),
+        (
+            b'\xef\xbb\xbf{"features": [0.1, 0.2, true]}',
+            422,
+            "invalid_input",
+            "features[2]",
+        ),  # a UTF-8 BOM: read
         (b'{"features": [0.1, 0.2]}', 422, "invalid_input", "features"),
         (b'{"features": {"a": 1, "b": 2}}', 422, "invalid_input", "features.c"),
         (b'{"features": {"a": 1, "b": 2, "c": 3, "d": 4}}', 422, "invalid_input", "features.d"),

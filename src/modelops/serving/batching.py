@@ -1,6 +1,6 @@
 """Adaptive micro-batcher: concurrent requests share one predict call.
 
-A request that arrives alone is predicted at once (no added latency; a small one in its own task). When other requests are being
+A request that arrives alone is predicted at once (no added latency; a small one in the caller's task). When other requests are being
 read and parsed at the same moment, the batcher waits for them, at most `max_wait_ms`, and runs one
 predict over all their rows. Rows of one batch always go to the same model object: the model a
 request was parsed against is the model that answers it, even across a swap.

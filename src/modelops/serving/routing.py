@@ -210,8 +210,8 @@ class ChallengerRunner:
         # the one thread that talks to the shadow worker (it waits on the pipe without the interpreter lock)
         self.worker_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-worker")
         self.worker: ShadowWorker | None = None
-        # the challenger a worker could not start for: its copies use threads until _worker_retry_at (weak: it
-        # keeps no model alive); _worker_failures in a row for it set the next delay
+        # the challenger a worker could not start for, or whose worker exited: its copies use threads until
+        # _worker_retry_at (weak: it keeps no model alive); its failures so far set the next delay
         self._worker_refused: weakref.ref[LoadedModel] | None = None
         self._worker_retry_at = 0.0
         self._worker_failures = 0
@@ -318,9 +318,14 @@ class ChallengerRunner:
         copies are predicted in threads (no files or no verifier here, or a worker could not start)."""
         if self.worker is not None and self.worker.model is model and self.worker.alive:
             return self.worker
-        await self._close_worker(
-            "exited" if self.worker is not None and not self.worker.alive else "replaced"
-        )
+        exited = self.worker is not None and self.worker.model is model and not self.worker.alive
+        await self._close_worker("exited" if exited else "replaced")
+        if exited:  # died or was killed (a hung call): not restarted for every batch, but after the delay
+            log.error(
+                "the shadow worker of v%s exited: its copies are predicted in threads, %s",
+                model.version,
+                self._refuse(model),
+            )
         refused = self._worker_refused() if self._worker_refused is not None else None
         if refused is not model:
             self._worker_failures = 0
@@ -355,14 +360,13 @@ class ChallengerRunner:
                 log.error("%s; its copies are predicted in threads, %s", exc, retry)
             await self._close_worker("did not start")
             return None
-        self._worker_failures = 0
         log.info("shadow copies of v%s are predicted in worker process %s", model.version, self.worker.pid)
         return self.worker
 
     def _refuse(self, model: LoadedModel) -> str:
         """Note that `model`'s worker did not start; when it is tried again, as words for the log."""
         self._worker_refused = weakref.ref(model)
-        delay = min(SHADOW_WORKER_RETRY_S * 2**self._worker_failures, SHADOW_WORKER_RETRY_MAX_S)
+        delay = min(SHADOW_WORKER_RETRY_S * 2 ** min(self._worker_failures, 16), SHADOW_WORKER_RETRY_MAX_S)
         self._worker_failures += 1
         self._worker_retry_at = time.monotonic() + delay
         return f"and a worker is tried again in {delay:g} s"

@@ -51,8 +51,11 @@ def load_json(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         error = exc
     try:
-        value = json.loads(raw, parse_int=parse_json_int)
+        # decoded as UTF-8 here: json.loads would guess UTF-16 or UTF-32 from bytes, whose `true` (t\0r\0...) no
+        # boolean check on the raw body finds, so it would be read as 1 (JSON over HTTP is UTF-8, RFC 8259)
+        value = json.loads(raw.decode("utf-8-sig"), parse_int=parse_json_int)  # a BOM is skipped, as before
         orjson.dumps(value)  # refuses lone surrogates in strings and keys, and nesting past 254 levels
-    except (ValueError, TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError
+    # UnicodeDecodeError is a ValueError, orjson's encode error a TypeError
+    except (ValueError, TypeError, RecursionError):
         raise MalformedJSON(f"malformed JSON: {error}", field="body") from None
     return value
