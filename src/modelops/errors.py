@@ -28,6 +28,8 @@ ModelOpsError
 
 from __future__ import annotations
 
+import reprlib
+
 
 class ModelOpsError(Exception):
     """Base of every error this package raises on purpose."""
@@ -42,6 +44,28 @@ class ModelOpsError(Exception):
 
 class ConfigError(ModelOpsError):
     code = "config_error"
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother, short.maxlong = (
+        2,
+        4,
+        4,
+        60,
+        60,
+        40,
+    )
+    return short
+
+
+_SHORT = _short_repr()
+
+
+def shown(value: object) -> str:
+    """A client's value for an error message: bounded in depth and length (a deeply nested list's own repr would
+    recurse past Python's limit, a 5,000-digit number would be echoed whole)."""
+    return _SHORT.repr(value)
 
 
 class InvalidInput(ModelOpsError):

@@ -307,6 +307,19 @@ async def test_predict_one_row_many_rows_and_named_rows(client: Client) -> None:
         (b'{"features": [0.1, 0.2, 1e400]}', 422, "invalid_input", "features[2]"),
         (b'{"features": [0.1, 0.2, NaN]}', 422, "invalid_input", "features[2]"),
         (b'{"features": [0.1, 0.2, true]}', 422, "invalid_input", "features[2]"),
+        # nested past Python's recursion limit (orjson reads it): named, not a 500 from the error message's repr
+        (
+            b'{"features": [0.1, 0.2, ' + b"[" * 1000 + b"]" * 1000 + b"]}",
+            422,
+            "invalid_input",
+            "features[2]",
+        ),
+        (
+            b'{"instances": [[0.1, 0.2, ' + b"[" * 1000 + b"]" * 1000 + b"]]}",
+            422,
+            "invalid_input",
+            "instances[0][2]",
+        ),
         # UTF-16/32: no boolean check on the raw bytes would find `true`; JSON over HTTP is UTF-8 (the reviewer)
         ('{"features": [0.1, 0.2, true]}'.encode("utf-16"), 400, "malformed_json", "body"),
         ('{"instances": [{"a": 1, "b": 2, "c": false}]}'.encode("utf-32"), 400, "malformed_json", "body"),
@@ -411,6 +424,37 @@ async def test_an_unexpected_error_behind_fastapis_stack_is_the_same_json_500(
         assert response.headers["x-request-id"] == "req-500"  # the context layer still saw the answer
     assert request_count("/model", "500") == before + 1
     assert any("unhandled error on GET /model" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_client_that_leaves_mid_body_is_counted_not_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(model=small_model())
+    messages = iter(
+        [{"type": "http.request", "body": b'{"featu', "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "http_version": "1.1", "scheme": "http",
+             "server": ("test", 80), "client": ("127.0.0.1", 1), "root_path": ""}  # fmt: skip
+    before = {status: post_count(status) for status in ("499", "500")}
+    await app(scope, receive, send)
+    assert sent == []  # nobody to answer
+    assert post_count("499") == before["499"] + 1 and post_count("500") == before["500"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def post_count(status: str) -> float:
+    from modelops.serving import metrics
+
+    return metrics.REQUESTS.labels("/predict", "POST", status)._value.get()
 
 
 # -- admin ------------------------------------------------------------------------------------------------------

@@ -245,6 +245,15 @@ async def test_numeric_conversions_never_wrap_or_silently_cast(
             + b"}]}",
             422,
         ),
+        (
+            # a value nested past Python's recursion limit (orjson reads it): named, not a 500 from its repr
+            b'{"inputs": [{"name": "input-0", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, '
+            + b'{"a": ' * 1000
+            + b"1"
+            + b"}" * 1000
+            + b"]}]}",
+            422,
+        ),
         (b"{not json", 400),
     ],
 )

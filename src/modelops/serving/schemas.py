@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelops.errors import InvalidInput, PayloadTooLarge
+from modelops.errors import InvalidInput, PayloadTooLarge, shown
 from modelops.serving.model import LoadedModel, Prediction
 
 
@@ -196,7 +196,9 @@ def _is_number(value: Any) -> bool:
 
 def _check_value(value: Any, field: str) -> None:
     if not _is_number(value):
-        raise InvalidInput(f"{field} must be a number, got {type(value).__name__} {value!r}", field=field)
+        raise InvalidInput(
+            f"{field} must be a number, got {type(value).__name__} {shown(value)}", field=field
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput(f"{field} must be finite, got {value}", field=field)
 

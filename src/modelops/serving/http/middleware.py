@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect
 
 from modelops.serving import metrics
 from modelops.serving.http.errors import error_body
@@ -21,6 +22,9 @@ from modelops.serving.store import ModelStore
 
 log = logging.getLogger(__name__)
 
+CLIENT_CLOSED = (
+    499  # the status the request metrics count a request under whose client left before its answer
+)
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[
@@ -64,6 +68,8 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing of ours went wrong
+            state.status = CLIENT_CLOSED
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not state.started:

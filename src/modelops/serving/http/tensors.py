@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from modelops.errors import InvalidInput
+from modelops.errors import InvalidInput, shown
 
 # The datatypes a numeric model input accepts; each value is converted exactly, then to float64.
 NUMERIC: dict[str, np.dtype[Any]] = {
@@ -66,7 +66,9 @@ def _exact_values(data: list[Any], dt: np.dtype[Any], datatype: str, field: str)
     for i, value in enumerate(flat):
         where = f"{field}[{i}]"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(f"{where} must be a number, got {type(value).__name__} {value!r}", field=where)
+            raise InvalidInput(
+                f"{where} must be a number, got {type(value).__name__} {shown(value)}", field=where
+            )
         if isinstance(value, float) and not np.isfinite(value):
             raise InvalidInput(f"{where} must be finite, got {value}", field=where)
         if integer:
