@@ -533,7 +533,8 @@ def main() -> int:
     print()
     print(report)
     if args.write:
-        args.write.write_text(report)
+        old = args.write.read_text() if args.write.exists() else ""
+        args.write.write_text(with_notes(report, old))
     return 0
 
 
@@ -632,6 +633,16 @@ RATIOS = [
         for c in (8, 32)
     ),
 ]
+
+
+NOTES_HEADING = "\n## Notes on this run"
+
+
+def with_notes(report: str, old: str) -> str:
+    """The new report followed by the hand-written part of the old file (from its NOTES_HEADING on), which a
+    regeneration must not erase; the notes then describe the previous run until someone edits them."""
+    at = old.find(NOTES_HEADING)
+    return report if at < 0 else report.rstrip("\n") + "\n" + old[at:]
 
 
 def cold_text(peer: Peer) -> str:
