@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -80,6 +81,14 @@ def _pod_template(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]  # type: ignore[no-any-return]
     return obj["spec"]["template"]  # type: ignore[no-any-return]
+
+
+def _exec_probe(name: str, command: list[str], timeout_s: float) -> subprocess.CompletedProcess[str] | None:
+    """`command` run in container `name`; None when it did not finish within `timeout_s` (a busy machine)."""
+    try:
+        return podman("exec", name, *command, check=False, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _probe(probe: dict[str, Any], key: str) -> float:
@@ -543,9 +552,12 @@ class Cluster:
         name = self.container_name(pod, container)
         timeout = _probe(probe, "timeoutSeconds")
         if "exec" in probe:
-            result = podman(
-                "exec", name, *probe["exec"]["command"], check=False, timeout=timeout + PODMAN_OVERHEAD_S
-            )
+            result = _exec_probe(name, list(probe["exec"]["command"]), timeout + PODMAN_OVERHEAD_S)
+            if result is None:  # as Kubernetes counts a probe past its timeoutSeconds: failed, tried again
+                return (
+                    False,
+                    f"exec {probe['exec']['command'][0]} timed out after {timeout + PODMAN_OVERHEAD_S:g} s",
+                )
             return result.returncode == 0, (result.stdout + result.stderr).strip()[:400]
         http = probe["httpGet"]
         url = f"http://127.0.0.1:{self._port(container, http['port'])}{http.get('path', '/')}"
@@ -555,9 +567,9 @@ class Cluster:
             "except urllib.error.HTTPError as e:\n print(e.code, e.read()[:300]); sys.exit(1)\n"
             "except Exception as e:\n print(type(e).__name__, e); sys.exit(1)\n"
         )
-        result = podman(
-            "exec", name, "python3", "-c", script, check=False, timeout=timeout + PODMAN_OVERHEAD_S
-        )
+        result = _exec_probe(name, ["python3", "-c", script], timeout + PODMAN_OVERHEAD_S)
+        if result is None:
+            return False, f"GET {url}: timed out after {timeout + PODMAN_OVERHEAD_S:g} s"
         return result.returncode == 0, f"GET {url}: {(result.stdout + result.stderr).strip()[:400]}"
 
     def wait_ready(self, pod: Pod) -> None:
