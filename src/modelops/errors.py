@@ -48,14 +48,10 @@ class ConfigError(ModelOpsError):
 
 def _short_repr() -> reprlib.Repr:
     short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother, short.maxlong = (
-        2,
-        4,
-        4,
-        60,
-        60,
-        40,
-    )
+    short.maxlevel = 2
+    short.maxlist = short.maxdict = 4
+    short.maxstring = short.maxother = 60
+    short.maxlong = 40
     return short
 
 

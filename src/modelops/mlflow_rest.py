@@ -1,7 +1,7 @@
 """MLflow's REST API without MLflow's client: the registry reads and model downloads of a model server.
 
-Importing `mlflow` costs a model server about a second of its cold start and ~170 MiB of memory (issue 12), for
-nine read calls and two artifact-proxy calls. `RestReader` makes those calls over HTTP with the same names and the
+Importing `mlflow` cost a model server about 0.75 s of its cold start and ~30 MiB of memory (issue 12, measured in
+docs/benchmarks.md), for nine read calls and two artifact-proxy calls. `RestReader` makes those calls over HTTP with the same names and the
 same answers' shapes as `mlflow.tracking.MlflowClient` (the attributes `modelops.registry` reads), and honours the
 client settings MLflow's own client reads from the environment: the tracking token, TLS (insecure, server CA,
 client certificate), the request timeout and retries. Errors carry MLflow's `error_code`, so
@@ -161,6 +161,24 @@ def ssl_context() -> ssl.SSLContext:
     return context
 
 
+def http_client(
+    base: str,
+    auth: httpx.Auth | tuple[str, str] | None,
+    timeout: float | httpx.Timeout,
+    headers: dict[str, str],
+) -> httpx.Client:
+    """An HTTP client for the tracking server at `base`: MLflow's TLS settings for https, redirects not followed
+    (credentials go to this server only), no proxy or netrc from the environment."""
+    return httpx.Client(
+        auth=auth,
+        headers=headers,
+        verify=ssl_context() if base.startswith("https:") else True,
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
 @dataclass
 class Transport:
     """HTTP to one tracking server with MLflow's client settings (see the module's docstring). Redirects are not
@@ -190,14 +208,7 @@ class Transport:
         if os.environ.get("MLFLOW_WORKSPACE"):
             headers["X-MLFLOW-WORKSPACE"] = os.environ["MLFLOW_WORKSPACE"]
         self.base = self.tracking_uri.rstrip("/")
-        self.http = httpx.Client(
-            auth=auth,
-            headers=headers,
-            verify=ssl_context() if self.base.startswith("https:") else True,
-            timeout=self.timeout_s,
-            follow_redirects=False,
-            trust_env=False,  # no proxy or netrc from the environment: this server, these credentials
-        )
+        self.http = http_client(self.base, auth, self.timeout_s, headers)
 
     def send(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
         """One request to `path` (below the tracking URI), retried as MLflow's client retries: on a connection
@@ -223,17 +234,13 @@ class Transport:
         response = self.send(method, path, stream=True, **kwargs)
         try:
             raise_for_error(response, what)
-            body = bytearray()
-            for chunk in _chunks(response):
-                body += chunk
-                if len(body) > MAX_JSON_BYTES:
-                    raise RestError(
-                        f"{what}: an answer over {MAX_JSON_BYTES} bytes",
-                        error_code="INVALID_STATE",
-                        status=502,
-                    )
+            body = _read_at_most(response, MAX_JSON_BYTES)
         finally:
             response.close()
+        if len(body) > MAX_JSON_BYTES:
+            raise RestError(
+                f"{what}: an answer over {MAX_JSON_BYTES} bytes", error_code="INVALID_STATE", status=502
+            )
         try:
             data = json.loads(body) if body else {}
         except ValueError as exc:
@@ -252,16 +259,14 @@ def _chunks(response: httpx.Response) -> Any:
         raise ConnectionError(f"MLflow's answer broke off: {exc!r}") from exc
 
 
-def _error_text(response: httpx.Response, limit: int = 65536) -> str:
-    try:
-        return response.text[:limit]
-    except httpx.ResponseNotRead:  # streamed: read its head only
-        head = bytearray()
-        for chunk in _chunks(response):
-            head += chunk
-            if len(head) >= limit:
-                break
-        return head[:limit].decode("utf-8", "replace")
+def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """A streamed body, but no more than `limit` + 1 bytes of it (one more tells the caller it was longer)."""
+    body = bytearray()
+    for chunk in _chunks(response):
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body[: limit + 1])
 
 
 def raise_for_error(response: httpx.Response, what: str) -> None:
@@ -277,7 +282,7 @@ def raise_for_error(response: httpx.Response, what: str) -> None:
             error_code="REDIRECT_NOT_FOLLOWED",
             status=response.status_code,
         )
-    text = _error_text(response)
+    text = _read_at_most(response, 65536)[:65536].decode("utf-8", "replace")
     try:
         payload = json.loads(text)
     except ValueError:
@@ -349,8 +354,7 @@ class RestReader:
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str) -> str:
         """One artifact of a run (a file or a folder) into `dst_path`; its local path."""
-        root = self.get_run(run_id).info.artifact_uri.rstrip("/")
-        return str(self.download(f"{root}/{path.strip('/')}", Path(dst_path)))
+        return str(self.download(f"runs:/{run_id}/{path.strip('/')}", Path(dst_path)))
 
     # -- the artifact proxy ------------------------------------------------------------------------
     def resolve(self, uri: str) -> str:
@@ -382,21 +386,23 @@ class RestReader:
         )
         return [f for f in found.get("files") or [] if isinstance(f, dict)]
 
-    def _fetch(self, path: str, target: Path, budget: list[int]) -> None:
-        """Stream one file to `target`, counting its bytes against `budget[0]` (what the download may still take)."""
+    def _fetch(self, path: str, target: Path, budget: int) -> int:
+        """Stream one file to `target`, at most `budget` bytes (what the download may still take); its size."""
         response = self.transport.send(
             "GET", "/api/2.0/mlflow-artifacts/artifacts/" + quote(path), stream=True
         )
         try:
             raise_for_error(response, f"download of {path}")
+            size = 0
             with target.open("wb") as out:
                 for chunk in _chunks(response):
-                    budget[0] -= len(chunk)
-                    if budget[0] < 0:
+                    size += len(chunk)
+                    if size > budget:
                         raise _bad_listing(f"the download is larger than {MAX_DOWNLOAD_BYTES} bytes")
                     out.write(chunk)
         finally:
             response.close()
+        return size
 
     def download(self, uri: str, dst: Path) -> Path:
         """The file or folder at `uri` into folder `dst`; the local path of what was downloaded (`dst/<last part of
@@ -406,7 +412,7 @@ class RestReader:
         path = self._proxy_path(self.resolve(uri))
         name = path.rsplit("/", 1)[-1]
         local = dst / name
-        budget = [MAX_DOWNLOAD_BYTES]
+        budget = MAX_DOWNLOAD_BYTES
         listed = self._list(path)
         # a file: the proxy lists nothing under it, or (some stores) the file itself (MLflow's own rule)
         if not listed or (len(listed) == 1 and listed[0].get("path") == name and not listed[0].get("is_dir")):
@@ -430,7 +436,7 @@ class RestReader:
                         (f"{remote}/{entry_name}", folder / entry_name, self._list(f"{remote}/{entry_name}"))
                     )
                 else:
-                    self._fetch(f"{remote}/{entry_name}", folder / entry_name, budget)
+                    budget -= self._fetch(f"{remote}/{entry_name}", folder / entry_name, budget)
         return local
 
 

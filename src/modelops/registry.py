@@ -145,9 +145,7 @@ class RestWriter:
         try:
             return self.transport.json(method, f"/api/2.0/mlflow/{endpoint}", endpoint, json=body)
         except ConnectionError as exc:
-            raise RegistryUnavailable(
-                f"MLflow is not reachable: {type(exc.__cause__ or exc).__name__}"
-            ) from exc
+            raise _unreachable(exc) from exc
         except RestError as exc:
             if exc.status in (401, 403):
                 who = f"principal {self.username!r}" if self.username else "an anonymous client"
@@ -155,6 +153,11 @@ class RestWriter:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
                 raise VersionNotFound(str(exc), field="version") from exc
             raise RegistryError(f"MLflow {endpoint} failed (HTTP {exc.status}): {exc}") from exc
+
+
+def _unreachable(exc: ConnectionError) -> RegistryUnavailable:
+    """What a write that could not reach MLflow raises (naming the transport's error, not its details)."""
+    return RegistryUnavailable(f"MLflow is not reachable: {type(exc.__cause__ or exc).__name__}")
 
 
 def _secret(password: SecretStr | None) -> str | None:
@@ -350,9 +353,8 @@ class Registry:
                 return {}
             experiment_ids: list[str] = []
             token: str | None = None
-            for _ in range(
-                MAX_EXPERIMENT_PAGES
-            ):  # search_runs needs the experiments; runs of any may be registered
+            # search_runs needs the experiments; runs of any of them may be registered
+            for _ in range(MAX_EXPERIMENT_PAGES):
                 page = self.reader.search_experiments(page_token=token)
                 experiment_ids += [e.experiment_id for e in page]
                 token = page.token
@@ -652,9 +654,7 @@ class Registry:
             try:
                 response = self.writer.transport.send("PUT", url, content=data)
             except ConnectionError as exc:
-                raise RegistryUnavailable(
-                    f"MLflow is not reachable: {type(exc.__cause__ or exc).__name__}"
-                ) from exc
+                raise _unreachable(exc) from exc
             if response.status_code in (401, 403):
                 raise RegistryForbidden(
                     f"MLflow refused an artifact of run {run_id} for principal {self.writer.username!r} "

@@ -167,15 +167,9 @@ class ArtifactProxyStore:
         self.experiment = experiment
         self.create_experiment = create_experiment
         self.shown = f"mlflow-artifacts:/{self.root} (experiment {experiment} at {self.base})"
-        from modelops.mlflow_rest import ssl_context
+        from modelops.mlflow_rest import http_client
 
-        self.client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s),
-            auth=auth,
-            follow_redirects=False,
-            verify=ssl_context() if self.base.startswith("https:") else True,  # MLflow's TLS settings
-            trust_env=False,
-        )
+        self.client = http_client(self.base, auth, httpx.Timeout(timeout_s), {})
         self._experiment_id: str | None = None
 
     def _check(self, response: httpx.Response, what: str) -> None:

@@ -1,8 +1,8 @@
 """Adaptive micro-batcher: concurrent requests share one predict call.
 
-A request that arrives alone is predicted at once (no added latency; a small one in the caller's task). When other requests are being
-read and parsed at the same moment, the batcher waits for them, at most `max_wait_ms`, and runs one
-predict over all their rows. Rows of one batch always go to the same model object: the model a
+A request that arrives alone is predicted at once (no added latency; a small one in the caller's task).
+When other requests are being read and parsed at the same moment, the batcher waits for them, at most
+`max_wait_ms`, and runs one predict over all their rows. Rows of one batch always go to the same model object: the model a
 request was parsed against is the model that answers it, even across a swap.
 """
 
@@ -37,9 +37,8 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._busy = (
-            False  # the batcher's task is taking batches off the queue (one may be predicting in a thread)
-        )
+        # the batcher's task is taking batches off the queue (one may be predicting in a thread)
+        self._busy = False
         self.arriving = 0  # requests being read/parsed that will submit soon
 
     @contextlib.contextmanager

@@ -22,9 +22,8 @@ from modelops.serving.store import ModelStore
 
 log = logging.getLogger(__name__)
 
-CLIENT_CLOSED = (
-    499  # the status the request metrics count a request under whose client left before its answer
-)
+# the status the request metrics count a request under whose client left before its answer
+CLIENT_CLOSED = 499
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[
