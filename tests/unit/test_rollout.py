@@ -422,21 +422,23 @@ def test_a_tag_with_an_id_that_is_not_ours_is_no_rollout() -> None:
     assert RolloutState.parse(replace(good, version="1/../2").render()) is None
 
 
-async def test_a_burst_on_a_slow_challenger_is_answered_by_the_champion_without_blaming_it(
-    app_client: Client,
-) -> None:
+async def test_a_burst_on_a_slow_challenger_is_answered_by_the_champion_without_blaming_it() -> None:
     """Waiting for one of the challenger's threads is not the challenger's failure: when every thread is taken,
     the champion answers and nothing is counted against the challenger (else anyone could abort a rollout)."""
-    run_rollout(app_client, challenger_model(delay_s=0.05), 100)
-    before = metric((await app_client.get("/metrics")).text, REQUESTS, "2", "error")
-    answers = await asyncio.gather(
-        *(
-            app_client.post("/predict", {"features": ROW}, headers={"X-Request-Id": f"b{i}"})
-            for i in range(40)
+    # a deadline 20x the challenger's 50 ms: on a loaded 2-core machine a 2x margin was missed (CI, 46 vs 44 errors)
+    async for app_client in client_for(make_app(model=small_model(), challenger_timeout_ms=1000)):
+        app_client.service.challenger_runner.start()
+        run_rollout(app_client, challenger_model(delay_s=0.05), 100)
+        before = metric((await app_client.get("/metrics")).text, REQUESTS, "2", "error")
+        answers = await asyncio.gather(
+            *(
+                app_client.post("/predict", {"features": ROW}, headers={"X-Request-Id": f"b{i}"})
+                for i in range(40)
+            )
         )
-    )
-    assert {a.status_code for a in answers} == {200}
-    versions = [a.headers["x-model-version"] for a in answers]
-    assert "1" in versions  # the threads were all taken: the champion answered those
-    after = metric((await app_client.get("/metrics")).text, REQUESTS, "2", "error")
-    assert after == before  # 50 ms is within the 100 ms deadline: no error, however many waited
+        assert {a.status_code for a in answers} == {200}
+        versions = [a.headers["x-model-version"] for a in answers]
+        assert "1" in versions  # the threads were all taken: the champion answered those
+        after = metric((await app_client.get("/metrics")).text, REQUESTS, "2", "error")
+        assert after == before  # 50 ms is within the deadline: no error, however many waited
+        await app_client.service.challenger_runner.stop()
